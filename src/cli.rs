@@ -1,0 +1,431 @@
+//! Command-line definitions: plain data, parsed by clap, turned into runtime configuration elsewhere.
+//!
+//! Flags that also come from the environment or the config file are `Option`s here and carry no defaults:
+//! `config.rs` applies the precedence flags > environment > config file > built-in defaults, which clap's own
+//! `env` support cannot express (it would put the environment above the file but cannot see the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::remote::Dialect;
+use crate::remote::oss::sign::SignatureVersion;
+use crate::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ossmirror",
+    version,
+    about = "Mirror a local folder into Alibaba Cloud OSS (or an S3-compatible store), resumably and verifiably",
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload one file resumably (the SDKs' resumable upload as a command).
+    Cp(CpArgs),
+    /// Run the local OSS-compatible server.
+    Serve(ServeArgs),
+    /// Show what the agent is doing (works while it runs).
+    Status(StatusArgs),
+    /// Compare the remote with the local tree by size and CRC-64.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignatureArg {
+    V1,
+    V4,
+}
+
+impl From<SignatureArg> for SignatureVersion {
+    fn from(v: SignatureArg) -> Self {
+        match v {
+            SignatureArg::V1 => SignatureVersion::V1,
+            SignatureArg::V4 => SignatureVersion::V4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Oss,
+    S3,
+}
+
+impl From<ProtocolArg> for Dialect {
+    fn from(v: ProtocolArg) -> Self {
+        match v {
+            ProtocolArg::Oss => Dialect::Oss,
+            ProtocolArg::S3 => Dialect::S3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where to send requests and how to sign them (shared by the agent, `cp` and `verify`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RemoteArgs {
+    /// Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. Without one, the agent
+    /// runs an embedded local server and objects stay on this machine.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Region id for V4 signing, e.g. cn-hangzhou [env: OSS_REGION, AWS_REGION]; guessed from the endpoint.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Signature version (OSS dialect) [default: v4].
+    #[arg(long, value_enum, value_name = "v1|v4")]
+    pub signature: Option<SignatureArg>,
+
+    /// Wire protocol [default: oss].
+    #[arg(long, value_enum, value_name = "oss|s3")]
+    pub protocol: Option<ProtocolArg>,
+
+    /// Access key id [env: OSS_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID].
+    #[arg(long, value_name = "ID")]
+    pub access_key_id: Option<String>,
+
+    /// Access key secret [env: OSS_ACCESS_KEY_SECRET or AWS_SECRET_ACCESS_KEY]. Prefer the environment:
+    /// a flag is visible to other users in `ps`.
+    #[arg(long, value_name = "SECRET", hide_env_values = true)]
+    pub access_key_secret: Option<String>,
+
+    /// Use path-style URLs (http://endpoint/bucket/key) even for a named endpoint.
+    #[arg(long)]
+    pub path_style: bool,
+}
+
+/// The agent: `ossmirror --watch DIR --bucket B`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// Directory to mirror.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+
+    /// Destination bucket.
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: Option<String>,
+
+    /// Key prefix for every object (e.g. backups/host1/).
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// State database [default: $XDG_STATE_HOME/ossmirror/<watch+bucket+prefix>.db].
+    #[arg(long, value_name = "PATH")]
+    pub state_db: Option<PathBuf>,
+
+    /// Delete remote objects whose local file was deleted (never after a failed scan).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Skip paths matching this glob (repeatable), relative to the watched directory.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// How long a file must stay unchanged before it is uploaded [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub settle: Option<HumanDuration>,
+
+    /// Files uploaded in parallel [default: 4].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Multipart part size [default: 8M].
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<ByteSize>,
+
+    /// Parts in flight per file [default: 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Upload bandwidth limit in bytes per second, e.g. 10M [default: unlimited].
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<ByteSize>,
+
+    /// Follow symbolic links (with loop protection) instead of skipping them.
+    #[arg(long)]
+    pub follow_symlinks: bool,
+
+    /// Abort unknown multipart uploads under the prefix older than this [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub orphan_age: Option<HumanDuration>,
+
+    /// On SIGTERM/SIGINT, how long in-flight parts may take to finish [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
+
+    /// Full rescan interval, the safety net behind file-system events [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub rescan_interval: Option<HumanDuration>,
+
+    /// Upload everything pending, wait until converged, then exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Config file (TOML) [default: /etc/ossmirror/config.toml if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `ossmirror cp LOCAL oss://BUCKET/KEY`.
+#[derive(Debug, Clone, Args)]
+pub struct CpArgs {
+    /// Local file to upload.
+    pub source: PathBuf,
+
+    /// Destination, oss://BUCKET/KEY (a trailing '/' appends the file name).
+    pub destination: String,
+
+    /// Part size [default: 8M, raised so no file needs more than 10,000 parts].
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<ByteSize>,
+
+    /// Parts in flight [default: 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Checkpoint database [default: $XDG_STATE_HOME/ossmirror/cp.db].
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint_db: Option<PathBuf>,
+
+    /// Keep no checkpoint: an interrupted upload is aborted and starts over next time.
+    #[arg(long, conflicts_with = "checkpoint_db")]
+    pub no_checkpoint: bool,
+
+    /// Content-Type [default: guessed from the file extension].
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+
+    /// User metadata (repeatable): --meta author=alice.
+    #[arg(long = "meta", value_name = "K=V")]
+    pub meta: Vec<String>,
+
+    /// Object ACL: default, private, public-read, public-read-write.
+    #[arg(long, value_name = "ACL")]
+    pub acl: Option<String>,
+
+    /// Storage class: Standard, IA, Archive, ColdArchive, DeepColdArchive.
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// On Ctrl-C, abort the server-side upload and delete the checkpoint (default: keep both to resume).
+    #[arg(long)]
+    pub abort_on_cancel: bool,
+
+    /// Do not draw a progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Config file (TOML) for endpoint and credentials.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `ossmirror serve --root DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Directory holding buckets and objects.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// Require requests signed with this access key id (with --access-key-secret).
+    #[arg(long, value_name = "ID", requires = "access_key_secret")]
+    pub access_key_id: Option<String>,
+
+    /// The secret for --access-key-id [env: OSSMIRROR_SERVE_SECRET].
+    #[arg(long, value_name = "SECRET", env = "OSSMIRROR_SERVE_SECRET", hide_env_values = true)]
+    pub access_key_secret: Option<String>,
+
+    /// Fault injection: fraction of requests answered with 500/503 (0.0-1.0).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub fault_error_rate: f64,
+
+    /// Fault injection: reset the connection after this many request-body bytes, on a --fault-reset-rate
+    /// fraction of uploads.
+    #[arg(long, value_name = "SIZE")]
+    pub fault_reset_after: Option<ByteSize>,
+
+    /// Fault injection: fraction of body-carrying requests whose connection is reset.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub fault_reset_rate: f64,
+
+    /// Fault injection: latency added to every response.
+    #[arg(long, value_name = "DURATION")]
+    pub fault_latency: Option<HumanDuration>,
+
+    /// Fault injection: seed, so runs repeat.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_seed: u64,
+
+    /// Expose the test-only control API under /_ossmirror/ (fault settings, clock skew, pause).
+    #[arg(long)]
+    pub enable_control_api: bool,
+
+    /// Write the bound address to this file once listening (for tests and scripts).
+    #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+}
+
+/// `ossmirror status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// State database of the agent [default: found from --watch/--bucket/--prefix].
+    #[arg(long, value_name = "PATH")]
+    pub state_db: Option<PathBuf>,
+
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ossmirror verify --watch DIR --bucket B`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[arg(long, value_name = "DIR")]
+    pub watch: PathBuf,
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: String,
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub state_db: Option<PathBuf>,
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn contract_parses() {
+        let cli = Cli::try_parse_from([
+            "ossmirror",
+            "--watch",
+            "/data",
+            "--bucket",
+            "x",
+            "--prefix",
+            "p/",
+            "--endpoint",
+            "http://127.0.0.1:9000",
+            "--signature",
+            "v1",
+            "--protocol",
+            "oss",
+            "--delete",
+            "--exclude",
+            "*.tmp",
+            "--exclude",
+            "*.swp",
+            "--settle",
+            "2s",
+            "--jobs",
+            "4",
+            "--part-size",
+            "8M",
+            "--threads",
+            "4",
+            "--bwlimit",
+            "10M",
+            "--follow-symlinks",
+            "--orphan-age",
+            "24h",
+            "--shutdown-timeout",
+            "10s",
+            "--once",
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            "127.0.0.1:9464",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.agent.exclude.len(), 2);
+        assert_eq!(cli.agent.part_size.unwrap().bytes(), 8 << 20);
+
+        let cli = Cli::try_parse_from([
+            "ossmirror",
+            "cp",
+            "f.bin",
+            "oss://b/k",
+            "--part-size",
+            "1M",
+            "--threads",
+            "8",
+            "--meta",
+            "a=b",
+            "--acl",
+            "private",
+            "--storage-class",
+            "IA",
+            "--abort-on-cancel",
+            "--signature",
+            "v4",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Cp(_))));
+
+        let cli = Cli::try_parse_from(["ossmirror", "serve", "--root", "/tmp/x", "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Serve(_))));
+        assert!(
+            Cli::try_parse_from(["ossmirror", "cp", "a", "oss://b/k", "--no-checkpoint", "--checkpoint-db", "x"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! The `ossmirror` binary: parse flags, set up logging, run one command, map the outcome to an exit code.
+//!
+//! Exit codes are a contract: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ossmirror::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let log_format = match &cli.command {
+        None => cli.agent.log_format,
+        Some(_) => None,
+    };
+    init_logging(log_format.unwrap_or(LogFormat::Text));
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ossmirror: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Cp(args)) => cmd::cp::run(args).await,
+            Some(Command::Serve(args)) => cmd::serve::run(args).await,
+            Some(Command::Status(args)) => cmd::status::run(args).await,
+            Some(Command::Verify(args)) => cmd::verify::run(args).await,
+            None => cmd::agent::run(cli.agent).await,
+        }
+    });
+    // Do not wait for blocking tasks (a reader stuck on a slow disk) once the command has decided.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<cmd::UsageError>().is_some();
+            eprintln!("ossmirror: error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("OSSMIRROR_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,378 @@
+//! The object-store interface the engine and agent are written against.
+//!
+//! [`Remote`] is dialect-neutral: `remote/oss` implements it over the OSS REST API (V1 or V4 signing), and
+//! `remote/s3` over the S3 API. Every call names its bucket, key and (for parts) part number explicitly, so a
+//! failed part is rebuilt from its file range and re-signed, never replayed from a stale request.
+//!
+//! Integrity is part of the contract, not an option: an implementation of [`Remote::put_object`] and
+//! [`Remote::upload_part`] computes the checksum of the bytes it actually sent ([`BodyDigest`]) and returns an
+//! error when the server confirms different bytes. The engine builds its "never lie about sync" check on the
+//! digests returned here.
+
+pub mod body;
+pub mod credentials;
+pub mod error;
+pub mod names;
+pub mod oss;
+pub mod retry;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub use body::{Body, BodyDigest, FileRange};
+pub use credentials::{Credentials, Secret};
+pub use error::{ErrorKind, RemoteError, ServiceError};
+
+/// Which wire protocol a remote speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Oss,
+    S3,
+}
+
+/// What a remote can confirm about stored bytes; the engine picks its final check from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The server reports the whole object's CRC-64/XZ (OSS `x-oss-hash-crc64ecma`) on Complete and HEAD.
+    pub object_crc64: bool,
+    /// Completing with a subset of the uploaded parts is known to work on this server.
+    pub complete_with_part_subset: bool,
+}
+
+/// Options that shape a new object (PutObject and InitiateMultipartUpload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectOptions {
+    pub content_type: Option<String>,
+    /// User metadata, names without the `x-oss-meta-` / `x-amz-meta-` prefix.
+    pub metadata: Vec<(String, String)>,
+    /// Canned ACL: `default`, `private`, `public-read`, `public-read-write`.
+    pub acl: Option<String>,
+    /// `Standard`, `IA`, `Archive`, `ColdArchive`, `DeepColdArchive`.
+    pub storage_class: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    /// Fail with 409 FileAlreadyExists instead of replacing an existing object.
+    pub forbid_overwrite: bool,
+}
+
+/// The server's answer to a PutObject whose CRC-64 already matched the bytes sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub etag: String,
+    /// Digest of the bytes that were sent and confirmed.
+    pub digest: BodyDigest,
+    pub request_id: Option<String>,
+}
+
+/// The server's answer to an UploadPart whose CRC-64 already matched the bytes sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartResult {
+    pub part_number: u32,
+    pub etag: String,
+    pub digest: BodyDigest,
+    pub request_id: Option<String>,
+}
+
+/// An UploadPartCopy result: copies carry no guaranteed CRC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPartResult {
+    pub part_number: u32,
+    pub etag: String,
+    pub crc64: Option<u64>,
+}
+
+/// What HeadObject reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    /// Whole-object CRC-64/XZ, when the server has one (copies and old objects may not).
+    pub crc64: Option<u64>,
+    pub last_modified: Option<SystemTime>,
+    pub content_type: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub storage_class: Option<String>,
+    /// `Normal`, `Multipart`, `Appendable`, `Symlink`.
+    pub object_type: Option<String>,
+}
+
+/// A byte range, inclusive of both ends, as HTTP `Range: bytes=first-last` means it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl ByteRange {
+    /// The range covering `len` bytes from `offset`; `None` when `len` is zero.
+    pub fn from_offset_len(offset: u64, len: u64) -> Option<Self> {
+        (len > 0).then(|| ByteRange { first: offset, last: offset + len - 1 })
+    }
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A GetObject response with its body already read into memory (tests and verification use ranges).
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub info: ObjectInfo,
+    pub body: bytes::Bytes,
+    /// Set for a 206 answer: `bytes first-last/total`.
+    pub content_range: Option<(ByteRange, u64)>,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+    pub storage_class: Option<String>,
+}
+
+/// ListObjectsV2 parameters; `None` means "not sent".
+#[derive(Debug, Clone, Default)]
+pub struct ListObjectsRequest {
+    pub prefix: Option<String>,
+    pub delimiter: Option<String>,
+    pub continuation_token: Option<String>,
+    pub start_after: Option<String>,
+    pub max_keys: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListObjectsPage {
+    pub objects: Vec<ListedObject>,
+    pub common_prefixes: Vec<String>,
+    /// Present when the listing is truncated; pass it back as `continuation_token`.
+    pub next_continuation_token: Option<String>,
+}
+
+/// A part as ListParts reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPart {
+    pub part_number: u32,
+    pub etag: String,
+    pub size: u64,
+    pub crc64: Option<u64>,
+    pub last_modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPartsPage {
+    pub parts: Vec<ListedPart>,
+    /// Present when truncated; pass back as the next `part_number_marker`.
+    pub next_part_number_marker: Option<u32>,
+}
+
+/// A multipart upload as ListMultipartUploads reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListUploadsRequest {
+    pub prefix: Option<String>,
+    pub key_marker: Option<String>,
+    pub upload_id_marker: Option<String>,
+    pub max_uploads: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListUploadsPage {
+    pub uploads: Vec<ListedUpload>,
+    /// Present when truncated: `(next_key_marker, next_upload_id_marker)`.
+    pub next_markers: Option<(String, String)>,
+}
+
+/// One `<Part>` of a CompleteMultipartUpload body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// Options for CompleteMultipartUpload (OSS takes the ACL here, as the SDKs send it).
+#[derive(Debug, Clone, Default)]
+pub struct CompleteOptions {
+    pub acl: Option<String>,
+    pub forbid_overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteResult {
+    pub etag: String,
+    /// Whole-object CRC-64/XZ, when the server reports one.
+    pub crc64: Option<u64>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyResult {
+    pub etag: String,
+    pub crc64: Option<u64>,
+}
+
+/// A key that DeleteMultipleObjects could not delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteFailure {
+    pub key: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// Object-store operations, dialect-neutral. All methods re-sign on every retry.
+#[async_trait]
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    fn dialect(&self) -> Dialect;
+    fn capabilities(&self) -> Capabilities;
+    /// Where requests go, for logs and messages (never contains credentials).
+    fn endpoint_display(&self) -> String;
+
+    async fn create_bucket(&self, bucket: &str) -> Result<(), RemoteError>;
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Body,
+        options: &ObjectOptions,
+    ) -> Result<PutResult, RemoteError>;
+
+    /// `Ok(None)` when the object does not exist.
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, RemoteError>;
+
+    async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError>;
+
+    /// Succeeds when the key does not exist (OSS answers 204 either way).
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), RemoteError>;
+
+    /// At most 1000 keys per call; returns the keys that failed.
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> Result<Vec<DeleteFailure>, RemoteError>;
+
+    async fn list_objects(&self, bucket: &str, request: &ListObjectsRequest) -> Result<ListObjectsPage, RemoteError>;
+
+    /// Server-side copy within one bucket, keeping metadata.
+    async fn copy_object(&self, bucket: &str, source_key: &str, dest_key: &str) -> Result<CopyResult, RemoteError>;
+
+    /// Returns the new upload id. Never in OSS `sequential` mode (it forbids re-sending a part number).
+    async fn initiate_multipart(&self, bucket: &str, key: &str, options: &ObjectOptions)
+    -> Result<String, RemoteError>;
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Body,
+    ) -> Result<PartResult, RemoteError>;
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_bucket: &str,
+        source_key: &str,
+        source_range: Option<ByteRange>,
+    ) -> Result<CopyPartResult, RemoteError>;
+
+    /// One page of ListParts: parts numbered above `part_number_marker`.
+    async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number_marker: Option<u32>,
+    ) -> Result<ListPartsPage, RemoteError>;
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        options: &CompleteOptions,
+    ) -> Result<CompleteResult, RemoteError>;
+
+    /// Succeeds when the upload is already gone (NoSuchUpload): the goal, no upload, holds.
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), RemoteError>;
+
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        request: &ListUploadsRequest,
+    ) -> Result<ListUploadsPage, RemoteError>;
+}
+
+/// Every part of an upload, following ListParts pagination to the end.
+pub async fn list_all_parts(
+    remote: &dyn Remote,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<Vec<ListedPart>, RemoteError> {
+    let mut parts = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = remote.list_parts(bucket, key, upload_id, marker).await?;
+        parts.extend(page.parts);
+        match page.next_part_number_marker {
+            // A server that answers "truncated" without moving forward would loop forever.
+            Some(next) if Some(next) != marker => marker = Some(next),
+            Some(_) => {
+                return Err(RemoteError::BadResponse {
+                    op: "ListParts",
+                    detail: "pagination marker did not advance".into(),
+                    request_id: None,
+                });
+            }
+            None => return Ok(parts),
+        }
+    }
+}
+
+/// Every unfinished multipart upload under `prefix`, following pagination to the end.
+pub async fn list_all_uploads(
+    remote: &dyn Remote,
+    bucket: &str,
+    prefix: Option<&str>,
+) -> Result<Vec<ListedUpload>, RemoteError> {
+    let mut uploads = Vec::new();
+    let mut request = ListUploadsRequest { prefix: prefix.map(str::to_string), ..Default::default() };
+    loop {
+        let page = remote.list_multipart_uploads(bucket, &request).await?;
+        uploads.extend(page.uploads);
+        match page.next_markers {
+            Some((k, u))
+                if request.key_marker.as_deref() != Some(&k) || request.upload_id_marker.as_deref() != Some(&u) =>
+            {
+                request.key_marker = Some(k);
+                request.upload_id_marker = Some(u);
+            }
+            Some(_) => {
+                return Err(RemoteError::BadResponse {
+                    op: "ListMultipartUploads",
+                    detail: "pagination markers did not advance".into(),
+                    request_id: None,
+                });
+            }
+            None => return Ok(uploads),
+        }
+    }
+}
