@@ -1,0 +1,96 @@
+//! File snapshots: the identity and version of a local file as the kernel reports it.
+//!
+//! A file is "unchanged" only if size, mtime, ctime, inode and device are all the same. ctime matters: it
+//! moves on every write and metadata change and cannot be set back by `touch -d`, so a tool that restores
+//! mtime cannot hide a change. Snapshots are taken from an open descriptor (`fstat`) while uploading, so a
+//! rename over the path is seen as a different inode rather than silently followed.
+//!
+//! Timestamps have coarse granularity (the kernel stamps writes with a clock that ticks every few
+//! milliseconds, some file systems with whole seconds). A write in the same tick as the snapshot would leave
+//! every field equal, so a snapshot whose mtime is too close to the moment it was taken is "racy" (git's
+//! term) and must not be trusted until it has aged: see [`FileSnapshot::is_racy`].
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How old a snapshot's mtime must be, relative to when the snapshot was taken, to be trusted.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FileSnapshot {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub dev: u64,
+}
+
+impl FileSnapshot {
+    pub fn from_metadata(m: &Metadata) -> Self {
+        FileSnapshot {
+            size: m.size(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
+            inode: m.ino(),
+            dev: m.dev(),
+        }
+    }
+
+    /// `fstat` of an open file.
+    pub fn of_file(file: &File) -> io::Result<Self> {
+        file.metadata().map(|m| Self::from_metadata(&m))
+    }
+
+    /// `stat` of a path (follows symlinks).
+    pub fn of_path(path: &Path) -> io::Result<Self> {
+        std::fs::metadata(path).map(|m| Self::from_metadata(&m))
+    }
+
+    /// Same file (inode and device), whatever its content.
+    pub fn same_file(&self, other: &FileSnapshot) -> bool {
+        self.inode == other.inode && self.dev == other.dev
+    }
+
+    /// True when the file was modified so shortly before `taken_at` that a later write could still carry
+    /// the same timestamps. Such a snapshot only proves stability once the window has passed.
+    pub fn is_racy(&self, taken_at: SystemTime) -> bool {
+        let taken_ns = taken_at.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let newest = self.mtime_ns.max(self.ctime_ns);
+        taken_ns.saturating_sub(newest) < RACY_WINDOW.as_nanos() as i64
+    }
+
+    /// Time left until a snapshot taken now would no longer be racy.
+    pub fn racy_wait(&self, now: SystemTime) -> Duration {
+        let now_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let newest = self.mtime_ns.max(self.ctime_ns);
+        let remaining = RACY_WINDOW.as_nanos() as i64 - now_ns.saturating_sub(newest);
+        Duration::from_nanos(remaining.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn changes_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello").unwrap();
+        let a = FileSnapshot::of_path(&path).unwrap();
+        assert_eq!(a.size, 5);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"!").unwrap();
+        let b = FileSnapshot::of_file(&f).unwrap();
+        assert_ne!(a, b);
+        assert!(a.same_file(&b));
+        // A fresh file is racy right now, and not racy once the window has passed.
+        assert!(b.is_racy(SystemTime::now()));
+        assert!(!b.is_racy(SystemTime::now() + RACY_WINDOW + Duration::from_millis(10)));
+        assert!(b.racy_wait(SystemTime::now()) <= RACY_WINDOW);
+    }
+}
