@@ -1,3 +1,13 @@
 //! The OSS dialect: signing (V1 and V4), addressing, XML, and the [`crate::remote::Remote`] implementation.
+//!
+//! - `sign`: the pure V1/V4 canonicalization and signatures (shared with `ossmirror serve`).
+//! - `endpoint`: endpoint parsing, region guessing, and URLs written exactly as signed.
+//! - `xml`: response decoding and request bodies.
+//! - `response`: one attempt's answer and the error-decoding rules.
 
+pub mod endpoint;
+pub mod response;
 pub mod sign;
+pub mod xml;
+
+pub use sign::SignatureVersion;
