@@ -107,6 +107,18 @@ impl Endpoint {
         matches!(self.kind, HostKind::Ip | HostKind::Localhost)
     }
 
+    /// A loopback endpoint (`127.0.0.0/8`, `[::1]`, `localhost`): no proxy can serve it.
+    pub fn is_loopback(&self) -> bool {
+        match self.kind {
+            HostKind::Localhost => true,
+            HostKind::Ip => {
+                let bare = self.host.trim_start_matches('[').trim_end_matches(']');
+                bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            HostKind::Named => false,
+        }
+    }
+
     /// The region id in an OSS host name: `oss-<region>[-internal].aliyuncs.com` (also behind an `s3.`
     /// label) or the dual-stack `<region>.oss.aliyuncs.com`. Accelerate endpoints carry no region.
     pub fn guess_region(&self) -> Option<String> {
@@ -222,9 +234,12 @@ mod tests {
         let e = ep("https://OSS-cn-hangzhou.aliyuncs.com/");
         assert_eq!(e.display(), "https://oss-cn-hangzhou.aliyuncs.com");
         assert!(ep("http://localhost:9000").needs_path_style());
+        assert!(ep("http://localhost:9000").is_loopback() && ep("http://127.0.0.2").is_loopback());
+        assert!(!ep("http://10.0.0.1").is_loopback() && !ep("oss-cn-hangzhou.aliyuncs.com").is_loopback());
         let e = ep("http://[::1]:9000");
         assert!(e.needs_path_style());
         assert_eq!(e.display(), "http://[::1]:9000");
+        assert!(e.is_loopback());
     }
 
     #[test]

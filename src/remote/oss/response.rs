@@ -20,6 +20,42 @@ use crate::timefmt;
 pub const REQUEST_ID: &str = "x-oss-request-id";
 pub const CRC64: &str = "x-oss-hash-crc64ecma";
 
+/// Removes secrets (the access key secret, the STS token, this attempt's signature) from text a server sent
+/// back: a misbehaving server or proxy may echo the request, and its text ends up in errors and logs.
+#[derive(Clone, Default)]
+pub struct Redactor(Vec<String>);
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} values)", self.0.len())
+    }
+}
+
+impl Redactor {
+    pub fn new<I: IntoIterator<Item = String>>(secrets: I) -> Self {
+        // Very short values would redact innocent text and protect nothing.
+        Redactor(secrets.into_iter().filter(|s| s.len() >= 4).collect())
+    }
+
+    pub fn with(&self, secret: &str) -> Self {
+        let mut r = self.clone();
+        if secret.len() >= 4 {
+            r.0.push(secret.to_string());
+        }
+        r
+    }
+
+    pub fn apply(&self, text: String) -> String {
+        let mut out = text;
+        for secret in &self.0 {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+}
+
 /// What one attempt got back, body read (within the limit the operation allows).
 #[derive(Debug)]
 pub struct Reply {
@@ -30,6 +66,7 @@ pub struct Reply {
     pub request_id: Option<String>,
     /// The digest of the complete request body this attempt sent, for operations that verify uploads.
     pub sent: Option<BodyDigest>,
+    pub redactor: Redactor,
 }
 
 impl Reply {
@@ -38,7 +75,11 @@ impl Reply {
     }
 
     pub fn bad(&self, detail: impl Into<String>) -> RemoteError {
-        RemoteError::BadResponse { op: self.op, detail: detail.into(), request_id: self.request_id.clone() }
+        RemoteError::BadResponse {
+            op: self.op,
+            detail: self.redactor.apply(detail.into()),
+            request_id: self.request_id.clone(),
+        }
     }
 
     /// The `x-oss-hash-crc64ecma` header; a value that is not a decimal u64 is a bad answer, not "absent".
@@ -105,15 +146,16 @@ fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// Turn a non-2xx answer into an error. `scrub` removes secrets from any text the server echoed.
+/// Turn a non-2xx answer into an error; `redactor` cleans any text the server echoed.
 pub fn service_error(
     op: &'static str,
     is_head: bool,
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    scrub: &dyn Fn(String) -> String,
+    redactor: &Redactor,
 ) -> RemoteError {
+    let scrub = |s: String| redactor.apply(s);
     let request_id = request_id(headers);
     let base = ServiceError {
         op,
@@ -222,8 +264,8 @@ mod tests {
         h
     }
 
-    fn keep(s: String) -> String {
-        s
+    fn keep() -> Redactor {
+        Redactor::default()
     }
 
     fn svc(e: RemoteError) -> ServiceError {
@@ -246,7 +288,7 @@ mod tests {
             ("x-oss-ec", "0015-00000101"),
             ("date", "Fri, 24 Feb 2017 03:15:40 GMT"),
         ]);
-        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep));
+        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep()));
         assert_eq!(e.code, "NoSuchBucket");
         assert_eq!(e.message, "The specified bucket does not exist.");
         assert_eq!(e.host_id.as_deref(), Some("nobucket.oss-cn-hangzhou.aliyuncs.com"));
@@ -257,32 +299,33 @@ mod tests {
     #[test]
     fn head_error_without_details_is_derived_from_status() {
         let h = hdrs(&[("x-oss-request-id", "RID")]);
-        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep));
+        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep()));
         assert_eq!((e.code.as_str(), e.status, e.request_id.as_deref()), ("NoSuchKey", 404, Some("RID")));
         // Undecodable x-oss-err falls back the same way, never panics.
         let h = hdrs(&[("x-oss-err", "%%%not base64")]);
-        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep));
+        let e = svc(service_error("HeadObject", true, StatusCode::NOT_FOUND, &h, b"", &keep()));
         assert_eq!(e.code, "NoSuchKey");
-        let e = svc(service_error("HeadObject", true, StatusCode::PRECONDITION_FAILED, &HeaderMap::new(), b"", &keep));
+        let e =
+            svc(service_error("HeadObject", true, StatusCode::PRECONDITION_FAILED, &HeaderMap::new(), b"", &keep()));
         assert_eq!(e.code, "PreconditionFailed");
         // Other methods do not guess: a bare 404 on a GET is not necessarily NoSuchKey.
-        let e = svc(service_error("GetObject", false, StatusCode::NOT_FOUND, &HeaderMap::new(), b"", &keep));
+        let e = svc(service_error("GetObject", false, StatusCode::NOT_FOUND, &HeaderMap::new(), b"", &keep()));
         assert_eq!(e.code, "");
     }
 
     #[test]
     fn non_oss_error_bodies() {
         let html = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
-        let e = svc(service_error("PutObject", false, StatusCode::BAD_GATEWAY, &HeaderMap::new(), html, &keep));
+        let e = svc(service_error("PutObject", false, StatusCode::BAD_GATEWAY, &HeaderMap::new(), html, &keep()));
         assert!(e.message.contains("502 Bad Gateway"), "{}", e.message);
         assert!(RemoteError::from(e).is_retryable());
 
         let e =
-            service_error("PutObject", false, StatusCode::NOT_FOUND, &HeaderMap::new(), b"<h1>Not Found</h1>", &keep);
+            service_error("PutObject", false, StatusCode::NOT_FOUND, &HeaderMap::new(), b"<h1>Not Found</h1>", &keep());
         assert!(matches!(e, RemoteError::BadResponse { .. }), "{e}");
         assert!(e.to_string().contains("OSS server"), "{e}");
 
-        let scrub = |s: String| s.replace("sekrit", "<redacted>");
+        let scrub = Redactor::new(["sekrit".to_string()]);
         let e = service_error("PutObject", false, StatusCode::BAD_REQUEST, &HeaderMap::new(), b"echo sekrit", &scrub);
         assert!(!e.to_string().contains("sekrit"), "{e}");
     }

@@ -1,0 +1,1288 @@
+//! [`OssClient`]: the OSS REST API behind the [`Remote`] trait.
+//!
+//! Every operation is a [`Call`] (method, bucket, key, decoded query, headers, body) plus a parse function,
+//! run by one retry loop ([`OssClient::execute`]). Each attempt is built from scratch: signed at the current
+//! time (plus the clock offset learned from a `RequestTimeTooSkewed` answer), with a fresh body stream whose
+//! digest covers exactly the bytes of that attempt. The parse function runs inside the loop, so an answer
+//! that is wrong in content (a CRC-64 that does not match what we sent, an HTML page where XML belongs) is
+//! retried like a 503, and a local read error (the file changed) stops at once.
+//!
+//! Timeouts are about *progress*, not totals: a 5 GB part on a slow link may take an hour, and that is fine
+//! as long as the server keeps taking bytes. A request fails when the server stops reading the body, or does
+//! not answer, or stops sending the answer, for `read_timeout` (reqwest's own read timeout would count from
+//! the start of the request, so it is not used).
+//!
+//! Nothing here logs or returns credentials: the signer writes the `Authorization` header and nothing reads
+//! it back; server text that ends up in errors is scrubbed of the secret, the STS token and the
+//! attempt's signature.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use md5::{Digest as _, Md5};
+use tracing::Instrument as _;
+
+use crate::remote::body::DigestSlot;
+use crate::remote::error::TransportKind;
+use crate::remote::names::{validate_bucket, validate_key};
+use crate::remote::oss::endpoint::{ENDPOINT_FIX, Endpoint, RequestUrl};
+use crate::remote::oss::response::{self, Redactor, Reply};
+use crate::remote::oss::sign::{SignatureVersion, Signer, uri_encode};
+use crate::remote::oss::xml;
+use crate::remote::retry::RetryPolicy;
+use crate::remote::{
+    Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
+    Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
+    ListUploadsPage, ListUploadsRequest, ObjectInfo, ObjectOptions, PartResult, PutResult, Remote, RemoteError,
+};
+use crate::timefmt;
+
+/// Largest single PutObject / UploadPart body OSS accepts (5 GiB).
+pub const MAX_SINGLE_UPLOAD: u64 = 5 * 1024 * 1024 * 1024;
+/// Keys per DeleteMultipleObjects call.
+pub const MAX_DELETE_KEYS: usize = 1000;
+/// Longest V4 presigned URL lifetime (7 days).
+pub const MAX_PRESIGN_V4: Duration = Duration::from_secs(604_800);
+/// User metadata limit (names plus values).
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// How much of an error body or an unexpected 2xx body we read: enough for any `<Error>` document.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// A listing of 1000 long keys is a few MB; anything far beyond is not an OSS answer.
+const XML_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+const ACLS: &[&str] = &["default", "private", "public-read", "public-read-write"];
+const STORAGE_CLASSES: &[&str] = &["Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive"];
+
+/// How to reach one OSS endpoint.
+#[derive(Debug, Clone)]
+pub struct OssConfig {
+    /// `http://127.0.0.1:9000`, `https://oss-cn-hangzhou.aliyuncs.com`, or a host name (https).
+    pub endpoint: String,
+    /// Region id for V4 (`cn-hangzhou`); guessed from `oss-<region>[-internal].aliyuncs.com` when absent.
+    pub region: Option<String>,
+    pub signature: SignatureVersion,
+    /// `None` sends anonymous (unsigned) requests, for public buckets.
+    pub credentials: Option<Credentials>,
+    /// Force path-style URLs (`host/bucket/key`); IP and `localhost` endpoints always use them.
+    pub path_style: bool,
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    /// The longest the server may go without taking request bytes or sending answer bytes.
+    pub read_timeout: Duration,
+    /// Whether this server is known to accept a Complete that leaves out uploaded parts (unconfirmed on
+    /// OSS, so off by default; see OSS-PROTOCOL.md §9.4).
+    pub complete_with_part_subset: bool,
+}
+
+impl OssConfig {
+    /// V4, no credentials, default retries, 10 s connect and 60 s read timeouts.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        OssConfig {
+            endpoint: endpoint.into(),
+            region: None,
+            signature: SignatureVersion::V4,
+            credentials: None,
+            path_style: false,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            complete_with_part_subset: false,
+        }
+    }
+}
+
+/// An OSS client. Cheap to clone (shares the connection pool and the learned clock offset).
+#[derive(Clone)]
+pub struct OssClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    path_style: bool,
+    signer: Signer,
+    credentials: Option<Credentials>,
+    retry: RetryPolicy,
+    read_timeout: Duration,
+    capabilities: Capabilities,
+    /// Server time minus local time, in milliseconds, learned from `RequestTimeTooSkewed`.
+    clock_offset_ms: AtomicI64,
+    /// The secret and token, to be removed from any server text we pass on.
+    redactor: Redactor,
+}
+
+impl std::fmt::Debug for OssClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("OssClient")
+            .field("endpoint", &i.endpoint.display())
+            .field("signature", &i.signer.version)
+            .field("region", &i.signer.region)
+            .field("path_style", &i.path_style)
+            .field("access_key_id", &i.credentials.as_ref().map(|c| c.access_key_id.as_str()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much of a 2xx answer's body an operation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadBody {
+    /// No body expected; read a little (so the connection can be reused) and ignore it.
+    Ignore,
+    /// An XML document.
+    Xml,
+    /// Object data (GetObject), up to `usize::MAX`.
+    Object,
+}
+
+/// One logical request; every attempt is built from it afresh.
+struct Call<'a> {
+    op: &'static str,
+    method: Method,
+    bucket: &'a str,
+    key: Option<&'a str>,
+    /// Decoded names and values; an empty value is sent as a bare name.
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+    /// Verify the upload: the parse function gets the digest of the bytes sent.
+    verify_body: bool,
+    read: ReadBody,
+    upload_id: Option<&'a str>,
+    part: Option<u32>,
+}
+
+impl<'a> Call<'a> {
+    fn new(op: &'static str, method: Method, bucket: &'a str, key: Option<&'a str>) -> Self {
+        Call {
+            op,
+            method,
+            bucket,
+            key,
+            query: Vec::new(),
+            headers: HeaderMap::new(),
+            body: Body::Empty,
+            verify_body: false,
+            read: ReadBody::Ignore,
+            upload_id: None,
+            part: None,
+        }
+    }
+
+    fn query(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.query.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Add a parameter only when it has a value (OSS treats an empty value as absent anyway).
+    fn query_opt(self, name: &str, value: Option<impl ToString>) -> Self {
+        match value.map(|v| v.to_string()).filter(|v| !v.is_empty()) {
+            Some(v) => self.query(name, v),
+            None => self,
+        }
+    }
+
+    fn upload(mut self, upload_id: &'a str, part: Option<u32>) -> Self {
+        self.upload_id = Some(upload_id);
+        self.part = part;
+        self
+    }
+}
+
+fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
+    HeaderValue::from_str(value).map_err(|_| {
+        RemoteError::invalid_input(
+            format!("{what} {value:?} cannot be sent as an HTTP header"),
+            "use printable ASCII only (no line breaks or non-ASCII characters)",
+        )
+    })
+}
+
+fn content_md5(body: &[u8]) -> HeaderValue {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&b64).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn xml_body(call: Call<'_>, body: String) -> Call<'_> {
+    let mut call = call;
+    call.headers.insert("content-md5", content_md5(body.as_bytes()));
+    call.headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    call.body = Body::Bytes(Bytes::from(body));
+    call
+}
+
+/// The headers that shape a new object (PutObject, InitiateMultipartUpload).
+fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMap, RemoteError> {
+    let mut h = HeaderMap::new();
+    let standard = [
+        (http::header::CONTENT_TYPE, "content type", &options.content_type),
+        (http::header::CACHE_CONTROL, "Cache-Control", &options.cache_control),
+        (http::header::CONTENT_DISPOSITION, "Content-Disposition", &options.content_disposition),
+        (http::header::CONTENT_ENCODING, "Content-Encoding", &options.content_encoding),
+    ];
+    for (name, what, value) in standard {
+        if let Some(v) = value {
+            h.insert(name, header_value(what, v)?);
+        }
+    }
+    let mut total = 0;
+    for (name, value) in &options.metadata {
+        let lower = name.to_ascii_lowercase();
+        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(RemoteError::invalid_input(
+                format!("invalid metadata name {name:?}"),
+                "metadata names may contain only letters, digits and '-'",
+            ));
+        }
+        // x-oss-* values are signed; surrounding or repeated spaces are normalized differently by servers.
+        if value.trim() != value || value.contains("  ") {
+            return Err(RemoteError::invalid_input(
+                format!("metadata {name:?} has leading, trailing or repeated spaces"),
+                "trim the value",
+            ));
+        }
+        let header = HeaderName::from_bytes(format!("x-oss-meta-{lower}").as_bytes()).map_err(|_| {
+            RemoteError::invalid_input(format!("invalid metadata name {name:?}"), "use letters and '-'")
+        })?;
+        if h.contains_key(&header) {
+            return Err(RemoteError::invalid_input(
+                format!("metadata {name:?} given twice (names are case-insensitive)"),
+                "give each metadata name once",
+            ));
+        }
+        total += lower.len() + value.len();
+        h.insert(header, header_value(&format!("metadata {name:?}"), value)?);
+    }
+    if total > MAX_METADATA_BYTES {
+        return Err(RemoteError::invalid_input(
+            format!("user metadata is {total} bytes"),
+            "OSS allows at most 8 KiB of metadata names and values in total",
+        ));
+    }
+    if let Some(acl) = options.acl.as_deref().filter(|_| include_acl) {
+        h.insert("x-oss-object-acl", checked_acl(acl)?);
+    }
+    if let Some(class) = &options.storage_class {
+        if !STORAGE_CLASSES.contains(&class.as_str()) {
+            return Err(RemoteError::invalid_input(
+                format!("unknown storage class {class:?}"),
+                format!("use one of {}", STORAGE_CLASSES.join(", ")),
+            ));
+        }
+        h.insert("x-oss-storage-class", header_value("storage class", class)?);
+    }
+    if options.forbid_overwrite {
+        h.insert("x-oss-forbid-overwrite", HeaderValue::from_static("true"));
+    }
+    Ok(h)
+}
+
+fn checked_acl(acl: &str) -> Result<HeaderValue, RemoteError> {
+    if !ACLS.contains(&acl) {
+        return Err(RemoteError::invalid_input(
+            format!("unknown ACL {acl:?}"),
+            format!("use one of {}", ACLS.join(", ")),
+        ));
+    }
+    header_value("ACL", acl)
+}
+
+fn check_key(key: &str) -> Result<(), RemoteError> {
+    validate_key(key)?;
+    if key == "." || key == ".." {
+        // URL normalization resolves these segments away: the request would address something else.
+        return Err(RemoteError::invalid_input(
+            format!("object key {key:?} cannot be addressed in a URL"),
+            "rename the file: keys that are exactly \".\" or \"..\" are not supported",
+        ));
+    }
+    Ok(())
+}
+
+fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteError> {
+    if upload_id.trim().is_empty() {
+        return Err(RemoteError::invalid_input("empty upload id", "pass the id InitiateMultipartUpload returned"));
+    }
+    if let Some(n) = part_number {
+        if !(1..=10_000).contains(&n) {
+            return Err(RemoteError::invalid_input(format!("part number {n} is out of range"), "use 1 to 10000"));
+        }
+    }
+    Ok(())
+}
+
+fn check_single_upload_size(op: &str, len: u64) -> Result<(), RemoteError> {
+    if len > MAX_SINGLE_UPLOAD {
+        return Err(RemoteError::invalid_input(
+            format!("{op} body of {len} bytes is over the 5 GiB limit"),
+            "use a multipart upload with smaller parts",
+        ));
+    }
+    Ok(())
+}
+
+/// `x-oss-copy-source: /bucket/key`, the key path-encoded (servers form-decode it; we never send a raw `+`).
+fn copy_source(bucket: &str, key: &str) -> Result<HeaderValue, RemoteError> {
+    header_value("copy source", &format!("/{bucket}/{}", uri_encode(key, true)))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Upload progress, for the "server stopped taking bytes" timeout
+
+/// Tracks one attempt's request body: when it last moved and whether it is complete.
+#[derive(Debug)]
+struct Progress {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last movement (a chunk taken, the body finished).
+    last_ms: AtomicU64,
+    done: AtomicBool,
+    /// The HTTP stack is waiting for our disk reader, not the other way round: not the server's fault.
+    waiting_local: AtomicBool,
+}
+
+impl Progress {
+    fn new(done: bool) -> Arc<Self> {
+        Arc::new(Progress {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            done: AtomicBool::new(done),
+            waiting_local: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the current idle period would exceed `timeout`; `None` while the body waits on local reads.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.waiting_local.load(Ordering::Relaxed) {
+            return None;
+        }
+        let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(far_future_if_none(last.checked_add(timeout)))
+    }
+}
+
+/// A body stream that reports its progress.
+struct Watched<S> {
+    inner: S,
+    progress: Arc<Progress>,
+    remaining: u64,
+}
+
+impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Watched<S> {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        let p = &self.progress;
+        match &polled {
+            Poll::Pending => p.waiting_local.store(true, Ordering::Relaxed),
+            Poll::Ready(item) => {
+                p.waiting_local.store(false, Ordering::Relaxed);
+                p.touch();
+                let taken = match item {
+                    Some(Ok(chunk)) => chunk.len() as u64,
+                    _ => 0,
+                };
+                let remaining = self.remaining.saturating_sub(taken);
+                self.remaining = remaining;
+                if remaining == 0 || item.is_none() {
+                    self.progress.done.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        polled
+    }
+}
+
+/// An absurdly long timeout must not overflow `Instant` arithmetic (which panics): treat it as "a year".
+fn far_future_if_none(t: Option<Instant>) -> Instant {
+    t.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+}
+
+/// Why an attempt produced no answer.
+enum SendError {
+    Http(reqwest::Error),
+    /// No progress for the read timeout; `true` when the whole body had been sent.
+    Stalled(bool),
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+impl OssClient {
+    /// Validate the configuration and build the client (no request is sent).
+    pub fn new(config: OssConfig) -> Result<Self, RemoteError> {
+        let endpoint = Endpoint::parse(&config.endpoint)?;
+        let region = match config.signature {
+            SignatureVersion::V1 => config.region.clone().unwrap_or_default(),
+            SignatureVersion::V4 => resolve_region(&endpoint, config.region.as_deref())?,
+        };
+        if config.retry.max_attempts == 0 {
+            return Err(RemoteError::invalid_input("retry policy allows 0 attempts", "allow at least 1 attempt"));
+        }
+        if config.read_timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(RemoteError::invalid_input("a zero timeout", "give timeouts above zero"));
+        }
+        if let Some(c) = &config.credentials {
+            if c.access_key_id.trim().is_empty() || c.access_key_secret.expose().is_empty() {
+                return Err(RemoteError::invalid_input(
+                    "empty access key id or secret",
+                    "set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or the matching flags)",
+                ));
+            }
+            if header_value("access key id", &c.access_key_id).is_err()
+                || c.session_token.as_ref().is_some_and(|t| HeaderValue::from_str(t.expose()).is_err())
+            {
+                return Err(RemoteError::invalid_input(
+                    "the access key id or session token contains characters that cannot be sent in a header",
+                    "check OSS_ACCESS_KEY_ID and OSS_SESSION_TOKEN for stray spaces or line breaks",
+                ));
+            }
+        }
+        let mut builder = reqwest::Client::builder();
+        if endpoint.is_loopback() {
+            // HTTP(S)_PROXY from the environment is honoured for real endpoints, but a proxy cannot reach
+            // our own loopback server (the embedded default, tests).
+            builder = builder.no_proxy();
+        }
+        let http = builder
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            // We retry ourselves, re-signing each attempt; a transparent resend would reuse a stale signature.
+            .retry(reqwest::retry::never())
+            .user_agent(concat!("ossmirror/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                RemoteError::invalid_input(format!("cannot set up the HTTP client: {e}"), "report this bug")
+            })?;
+        let path_style = config.path_style || endpoint.needs_path_style();
+        let redactor = Redactor::new(config.credentials.iter().flat_map(|c| {
+            let token = c.session_token.as_ref().map(|t| t.expose().to_string());
+            std::iter::once(c.access_key_secret.expose().to_string()).chain(token)
+        }));
+        Ok(OssClient {
+            inner: Arc::new(Inner {
+                http,
+                endpoint,
+                path_style,
+                signer: Signer::new(config.signature, region),
+                credentials: config.credentials,
+                retry: config.retry,
+                read_timeout: config.read_timeout,
+                capabilities: Capabilities {
+                    object_crc64: true,
+                    complete_with_part_subset: config.complete_with_part_subset,
+                },
+                clock_offset_ms: AtomicI64::new(0),
+                redactor,
+            }),
+        })
+    }
+
+    /// The V4 region in use (empty for V1 without a region).
+    pub fn region(&self) -> &str {
+        &self.inner.signer.region
+    }
+
+    /// Server time minus local time, as learned from `RequestTimeTooSkewed` answers.
+    pub fn clock_offset(&self) -> Duration {
+        Duration::from_millis(self.inner.clock_offset_ms.load(Ordering::Relaxed).unsigned_abs())
+    }
+
+    /// Set the offset from the server's clock by hand, e.g. from a known time source (tests use it too).
+    pub fn set_clock_offset_ms(&self, offset_ms: i64) {
+        self.inner.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> SystemTime {
+        let offset = self.inner.clock_offset_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        let delta = Duration::from_millis(offset.unsigned_abs());
+        let shifted = if offset >= 0 { now.checked_add(delta) } else { now.checked_sub(delta) };
+        shifted.unwrap_or(now)
+    }
+
+    fn correct_clock(&self, server: SystemTime) {
+        let local = SystemTime::now();
+        let offset_ms = match server.duration_since(local) {
+            Ok(ahead) => ahead.as_millis().min(i64::MAX as u128) as i64,
+            Err(behind) => -(behind.duration().as_millis().min(i64::MAX as u128) as i64),
+        };
+        self.inner.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    /// A presigned URL for `method` on `bucket/key`, valid for `expires` from now (server time, as far as we
+    /// know it). The user of the URL must send no `Content-Type`/`Content-MD5`/`x-oss-*` headers, since none
+    /// were signed.
+    pub fn presign_url(&self, method: &str, bucket: &str, key: &str, expires: Duration) -> Result<String, RemoteError> {
+        validate_bucket(bucket)?;
+        check_key(key)?;
+        let credentials = self.inner.credentials.as_ref().ok_or_else(|| {
+            RemoteError::invalid_input(
+                "presigning needs credentials",
+                "set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or the matching flags)",
+            )
+        })?;
+        let method = method.trim().to_ascii_uppercase();
+        if !matches!(method.as_str(), "GET" | "PUT" | "HEAD" | "DELETE" | "POST") {
+            return Err(RemoteError::invalid_input(
+                format!("cannot presign method {method:?}"),
+                "use GET, PUT, HEAD, DELETE or POST",
+            ));
+        }
+        if expires.as_secs() == 0 {
+            return Err(RemoteError::invalid_input(
+                "a presigned URL lifetime under one second",
+                "give a lifetime of at least 1s",
+            ));
+        }
+        if self.inner.signer.version == SignatureVersion::V4 && expires > MAX_PRESIGN_V4 {
+            return Err(RemoteError::invalid_input(
+                format!("a V4 presigned URL cannot live {}s", expires.as_secs()),
+                "OSS limits V4 presigned URLs to 7 days (604800s)",
+            ));
+        }
+        let mut query = Vec::new();
+        let headers = HeaderMap::new();
+        self.inner.signer.presign(
+            credentials,
+            &method,
+            Some(bucket),
+            Some(key),
+            &mut query,
+            &headers,
+            &[],
+            self.now(),
+            expires,
+        );
+        // The V4 signature is not part of the canonical query; put it last, as the SDKs do.
+        let signature = query.iter().position(|(n, _)| n == "x-oss-signature").map(|i| query.remove(i));
+        let extra = signature.map(|(n, v)| format!("{n}={}", uri_encode(&v, false)));
+        let url = RequestUrl::build(
+            &self.inner.endpoint,
+            self.inner.path_style,
+            bucket,
+            Some(key),
+            &query,
+            extra.as_deref(),
+        )?;
+        Ok(url.url.to_string())
+    }
+
+    fn transport_error(&self, op: &'static str, e: &reqwest::Error) -> RemoteError {
+        let kind = if e.is_connect() {
+            TransportKind::Connect
+        } else if e.is_timeout() {
+            TransportKind::Timeout
+        } else if e.is_body() || e.is_request() {
+            TransportKind::Broken
+        } else {
+            TransportKind::Other
+        };
+        // reqwest's top-level message names the URL and little else; the causes say what happened.
+        let mut causes: Vec<String> = Vec::new();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !causes.iter().any(|c| c.contains(&text)) {
+                causes.push(text);
+            }
+            source = s.source();
+        }
+        let cause = if causes.is_empty() { e.to_string() } else { causes.join(": ") };
+        let detail = match kind {
+            TransportKind::Connect => {
+                format!("cannot connect ({cause}); is the server running and reachable? {ENDPOINT_FIX}")
+            }
+            TransportKind::Timeout => format!("timed out ({cause})"),
+            TransportKind::Broken => format!("the connection broke ({cause})"),
+            TransportKind::Other => cause,
+        };
+        RemoteError::Transport {
+            op,
+            endpoint: self.inner.endpoint.display(),
+            kind,
+            detail: self.inner.redactor.apply(detail),
+        }
+    }
+
+    /// Run a call with retries. `parse` turns a 2xx answer into the result; its errors are retried by the
+    /// same rules as the server's.
+    async fn execute<T>(
+        &self,
+        call: Call<'_>,
+        parse: impl Fn(&Reply) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        validate_bucket(call.bucket)?;
+        if let Some(key) = call.key {
+            check_key(key)?;
+        }
+        let url =
+            RequestUrl::build(&self.inner.endpoint, self.inner.path_style, call.bucket, call.key, &call.query, None)?;
+        let span = tracing::debug_span!(
+            "oss",
+            op = call.op,
+            bucket = call.bucket,
+            key = tracing::field::Empty,
+            upload_id = tracing::field::Empty,
+            part = tracing::field::Empty,
+        );
+        if let Some(k) = call.key {
+            span.record("key", k);
+        }
+        if let Some(u) = call.upload_id {
+            span.record("upload_id", u);
+        }
+        if let Some(p) = call.part {
+            span.record("part", p);
+        }
+        self.retry_loop(&call, &url, parse).instrument(span).await
+    }
+
+    async fn retry_loop<T>(
+        &self,
+        call: &Call<'_>,
+        url: &RequestUrl,
+        parse: impl Fn(&Reply) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        let policy = &self.inner.retry;
+        let started = Instant::now();
+        let mut rng = fastrand::Rng::new();
+        let mut attempt = 0u32;
+        // Attempts that count against the policy: the one immediate resend after a clock correction does not.
+        let mut counted = 0u32;
+        let mut clock_corrected = false;
+        loop {
+            attempt += 1;
+            counted += 1;
+            let err = match self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply)) {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if let Some(server_time) = skew_server_time(&err) {
+                self.correct_clock(server_time);
+                tracing::warn!(
+                    attempt,
+                    offset_ms = self.inner.clock_offset_ms.load(Ordering::Relaxed),
+                    "the server says our clock is off (RequestTimeTooSkewed); signing with the server's time"
+                );
+                if !clock_corrected {
+                    // The first correction fixes the request rather than hoping for luck: resend at once,
+                    // outside the retry budget. Later ones (a clock that keeps jumping) go through backoff.
+                    clock_corrected = true;
+                    counted -= 1;
+                    continue;
+                }
+            }
+            if !err.is_retryable() {
+                tracing::debug!(attempt, error = %err, "request failed");
+                return Err(err);
+            }
+            match policy.next_delay(counted, started.elapsed(), &mut rng) {
+                Some(delay) => {
+                    tracing::warn!(attempt, error = %err, delay_ms = delay.as_millis() as u64, "request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None if attempt > 1 => {
+                    tracing::debug!(attempt, error = %err, "giving up");
+                    return Err(RemoteError::RetriesExhausted {
+                        op: call.op,
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        last: Box::new(err),
+                    });
+                }
+                None => return Err(err),
+            }
+        }
+    }
+
+    /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
+    async fn attempt(&self, call: &Call<'_>, url: &RequestUrl, attempt: u32) -> Result<Reply, RemoteError> {
+        let op = call.op;
+        let mut headers = call.headers.clone();
+        let now = self.now();
+        match &self.inner.credentials {
+            Some(creds) => self.inner.signer.sign_headers(
+                creds,
+                call.method.as_str(),
+                Some(call.bucket),
+                call.key,
+                &call.query,
+                &mut headers,
+                now,
+            ),
+            None => {
+                headers.insert(http::header::DATE, header_value("date", &timefmt::rfc1123(now))?);
+            }
+        }
+
+        // This attempt's signature is not a secret for long, but it is a credential while it lasts.
+        let signature = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| match a.split_once("Signature=") {
+                Some((_, v4)) => Some(v4),
+                None => a.rsplit_once(':').map(|(_, v1)| v1),
+            })
+            .unwrap_or("");
+        let redactor = self.inner.redactor.with(signature);
+
+        let mut request = self.inner.http.request(call.method.clone(), url.url.clone());
+        let mut slot: Option<DigestSlot> = None;
+        let progress;
+        if matches!(call.method, Method::PUT | Method::POST) {
+            // An explicit length: OSS wants Content-Length, and hyper then refuses to send more or fewer bytes.
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(call.body.len()));
+            match &call.body {
+                Body::File(_) => {
+                    let (stream, s) = call.body.stream();
+                    let p = Progress::new(call.body.is_empty());
+                    let watched = Watched { inner: stream, progress: p.clone(), remaining: call.body.len() };
+                    request = request.body(reqwest::Body::wrap_stream(watched));
+                    slot = Some(s);
+                    progress = p;
+                }
+                Body::Bytes(b) => {
+                    request = request.body(b.clone());
+                    progress = Progress::new(true);
+                }
+                Body::Empty => {
+                    request = request.body(Bytes::new());
+                    progress = Progress::new(true);
+                }
+            }
+        } else {
+            progress = Progress::new(true);
+        }
+        let request = request.headers(headers);
+
+        let answer = self.send(request.send(), &progress).await;
+        // A local read failure explains whatever the wire did next: report it, never retry it.
+        let sent = match slot.as_ref().map(DigestSlot::take) {
+            Some(Some(Err(source))) => return Err(RemoteError::LocalRead { op, source }),
+            Some(Some(Ok(digest))) => Some(digest),
+            Some(None) => None,
+            None if call.verify_body => call.body.digest_if_in_memory(),
+            None => None,
+        };
+        let response = match answer {
+            Ok(r) => r,
+            Err(SendError::Http(e)) => return Err(self.transport_error(op, &e)),
+            Err(SendError::Stalled(body_done)) => {
+                let detail = if body_done {
+                    format!("no answer within {:?} after the request was sent", self.inner.read_timeout)
+                } else {
+                    format!("the server stopped taking the request body for {:?}", self.inner.read_timeout)
+                };
+                return Err(RemoteError::Transport {
+                    op,
+                    endpoint: self.inner.endpoint.display(),
+                    kind: TransportKind::Timeout,
+                    detail,
+                });
+            }
+        };
+
+        let status = response.status();
+        let resp_headers = response.headers().clone();
+        let request_id = response::request_id(&resp_headers);
+        let limit = match (status.is_success(), call.read) {
+            (true, ReadBody::Object) => usize::MAX,
+            (true, ReadBody::Xml) => XML_BODY_LIMIT,
+            _ => SMALL_BODY_LIMIT,
+        };
+        let body = self.read_body(op, response, limit, status.is_success() && call.read != ReadBody::Ignore).await;
+        tracing::debug!(attempt, status = status.as_u16(), request_id = request_id.as_deref().unwrap_or(""), "answer");
+        let body = body?;
+
+        if !status.is_success() {
+            let is_head = call.method == Method::HEAD;
+            return Err(response::service_error(op, is_head, status, &resp_headers, &body, &redactor));
+        }
+        let reply = Reply { op, status, headers: resp_headers, body, request_id, sent, redactor };
+        if slot.is_some() && reply.sent.is_none() {
+            return Err(reply.bad("the server answered success before it received the whole request body"));
+        }
+        // A captive portal or web server answering 200 with a page must never pass for an OSS success.
+        if call.read != ReadBody::Object && call.method != Method::HEAD {
+            if let Some(ct) = reply.header("content-type") {
+                if ct.to_ascii_lowercase().starts_with("text/html") {
+                    return Err(reply.bad(format!(
+                        "HTTP {} with an HTML page: {}",
+                        status.as_u16(),
+                        response::snippet(&reply.body)
+                    )));
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Await the answer's head while watching the request body's progress.
+    async fn send(
+        &self,
+        send: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
+        progress: &Progress,
+    ) -> Result<reqwest::Response, SendError> {
+        let timeout = self.inner.read_timeout;
+        tokio::pin!(send);
+        loop {
+            let deadline = progress
+                .idle_deadline(timeout)
+                .unwrap_or_else(|| far_future_if_none(Instant::now().checked_add(timeout)));
+            tokio::select! {
+                answer = &mut send => return answer.map_err(SendError::Http),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    // Re-check: the body may have moved, or be waiting on our own disk, since the timer was set.
+                    if let Some(d) = progress.idle_deadline(timeout) {
+                        if Instant::now() >= d {
+                            return Err(SendError::Stalled(progress.done.load(Ordering::Relaxed)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read an answer's body, up to `limit` bytes. Past the limit, `strict` makes it an error; otherwise
+    /// the rest is left unread (the connection is then not reused, which is fine for error answers).
+    async fn read_body(
+        &self,
+        op: &'static str,
+        mut response: reqwest::Response,
+        limit: usize,
+        strict: bool,
+    ) -> Result<Bytes, RemoteError> {
+        let hint = response::header(response.headers(), "content-length").and_then(|v| v.parse::<usize>().ok());
+        let mut buf = BytesMut::with_capacity(hint.unwrap_or(0).min(limit).min(64 * 1024 * 1024));
+        loop {
+            let chunk = match tokio::time::timeout(self.inner.read_timeout, response.chunk()).await {
+                Err(_) => {
+                    return Err(RemoteError::Transport {
+                        op,
+                        endpoint: self.inner.endpoint.display(),
+                        kind: TransportKind::Timeout,
+                        detail: format!("the answer stalled for {:?}", self.inner.read_timeout),
+                    });
+                }
+                Ok(Err(e)) => return Err(self.transport_error(op, &e)),
+                Ok(Ok(None)) => return Ok(buf.freeze()),
+                Ok(Ok(Some(c))) => c,
+            };
+            if buf.len() + chunk.len() > limit {
+                if strict {
+                    return Err(RemoteError::BadResponse {
+                        op,
+                        detail: format!("the answer is larger than {limit} bytes"),
+                        request_id: response::request_id(response.headers()),
+                    });
+                }
+                let room = limit - buf.len();
+                buf.extend_from_slice(&chunk[..room]);
+                return Ok(buf.freeze());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Check an upload answer against the bytes sent; returns the ETag and the digest.
+    fn verify_upload(reply: &Reply) -> Result<(String, crate::remote::BodyDigest), RemoteError> {
+        let digest = reply.sent.ok_or_else(|| reply.bad("the request body was not sent completely"))?;
+        let server = reply.crc64()?.ok_or_else(|| {
+            reply.bad("the answer has no x-oss-hash-crc64ecma header, so the stored bytes cannot be verified")
+        })?;
+        if server != digest.crc64 {
+            return Err(RemoteError::ChecksumMismatch {
+                op: reply.op,
+                local: digest.crc64,
+                server,
+                request_id: reply.request_id.clone(),
+            });
+        }
+        let etag = reply.header("etag").filter(|e| !e.is_empty()).ok_or_else(|| reply.bad("no ETag header"))?;
+        Ok((etag.to_string(), digest))
+    }
+}
+
+fn resolve_region(endpoint: &Endpoint, given: Option<&str>) -> Result<String, RemoteError> {
+    if let Some(r) = given.map(str::trim).filter(|r| !r.is_empty()) {
+        // A region id never starts with `oss-`; that is the endpoint label (§12 trap 2). Take what was meant.
+        let r = r.strip_prefix("oss-").unwrap_or(r);
+        if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(RemoteError::invalid_input(
+                format!("invalid region {r:?}"),
+                "give a region id like cn-hangzhou",
+            ));
+        }
+        return Ok(r.to_string());
+    }
+    endpoint.guess_region().ok_or_else(|| {
+        RemoteError::invalid_input(
+            format!(
+                "signature V4 needs the region of {}, and it cannot be guessed from the host name",
+                endpoint.display()
+            ),
+            "pass --region or set OSS_REGION (e.g. cn-hangzhou), or use --signature v1",
+        )
+    })
+}
+
+/// The server's time, when `err` is a `RequestTimeTooSkewed` answer that carried a `Date`.
+fn skew_server_time(err: &RemoteError) -> Option<SystemTime> {
+    match err {
+        RemoteError::Service(s) if s.code == "RequestTimeTooSkewed" => s.server_time,
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Remote for OssClient {
+    fn dialect(&self) -> Dialect {
+        Dialect::Oss
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities
+    }
+
+    fn endpoint_display(&self) -> String {
+        self.inner.endpoint.display()
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<(), RemoteError> {
+        let call = Call::new("PutBucket", Method::PUT, bucket, None);
+        match self.execute(call, |_| Ok(())).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) if e.code() == Some("BucketAlreadyExists") => {
+                // OSS answers the same code whoever owns the bucket; if we can list it, it is ours to use.
+                let probe = ListObjectsRequest { max_keys: Some(1), ..Default::default() };
+                match self.list_objects(bucket, &probe).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Body,
+        options: &ObjectOptions,
+    ) -> Result<PutResult, RemoteError> {
+        check_single_upload_size("PutObject", body.len())?;
+        let mut call = Call::new("PutObject", Method::PUT, bucket, Some(key));
+        call.headers = object_headers(options, true)?;
+        call.body = body;
+        call.verify_body = true;
+        self.execute(call, |reply| {
+            let (etag, digest) = Self::verify_upload(reply)?;
+            Ok(PutResult { etag, digest, request_id: reply.request_id.clone() })
+        })
+        .await
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, RemoteError> {
+        let call = Call::new("HeadObject", Method::HEAD, bucket, Some(key));
+        let result =
+            self.execute(call, |reply| response::object_info(reply, key, response::content_length(reply)?)).await;
+        match result {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError> {
+        let mut call = Call::new("GetObject", Method::GET, bucket, Some(key));
+        call.read = ReadBody::Object;
+        if let Some(r) = range {
+            if r.first > r.last {
+                return Err(RemoteError::invalid_input(
+                    format!("empty byte range {}-{}", r.first, r.last),
+                    "give first <= last",
+                ));
+            }
+            call.headers.insert(http::header::RANGE, header_value("range", &format!("bytes={}-{}", r.first, r.last))?);
+            // Standard behaviour: a range past the end is an error (416), not silently the whole object.
+            call.headers.insert("x-oss-range-behavior", HeaderValue::from_static("standard"));
+        }
+        self.execute(call, |reply| {
+            let len = reply.body.len() as u64;
+            if reply.status == StatusCode::PARTIAL_CONTENT {
+                let value = reply.header("content-range").ok_or_else(|| reply.bad("206 without Content-Range"))?;
+                let (got, total) = response::parse_content_range(value)
+                    .ok_or_else(|| reply.bad(format!("unreadable Content-Range {value:?}")))?;
+                // OSS may shorten a range that runs past the end, never move or widen it.
+                let fits = range.is_some_and(|want| got.first == want.first && got.last <= want.last);
+                if !fits || got.len() != len {
+                    return Err(reply.bad(format!(
+                        "asked for bytes {range:?}, got Content-Range {value:?} with {len} bytes of body"
+                    )));
+                }
+                let info = response::object_info(reply, key, total)?;
+                return Ok(GetResult { info, body: reply.body.clone(), content_range: Some((got, total)) });
+            }
+            let info = response::object_info(reply, key, len)?;
+            // A whole object comes with its CRC-64: check it here (ranged answers carry the whole object's CRC).
+            if let Some(server) = info.crc64 {
+                let local = crate::checksum::crc64(&reply.body);
+                if local != server {
+                    return Err(RemoteError::ChecksumMismatch {
+                        op: reply.op,
+                        local,
+                        server,
+                        request_id: reply.request_id.clone(),
+                    });
+                }
+            }
+            Ok(GetResult { info, body: reply.body.clone(), content_range: None })
+        })
+        .await
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), RemoteError> {
+        let call = Call::new("DeleteObject", Method::DELETE, bucket, Some(key));
+        match self.execute(call, |_| Ok(())).await {
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> Result<Vec<DeleteFailure>, RemoteError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if keys.len() > MAX_DELETE_KEYS {
+            return Err(RemoteError::invalid_input(
+                format!("{} keys in one DeleteMultipleObjects call", keys.len()),
+                "send at most 1000 keys per call",
+            ));
+        }
+        for key in keys {
+            check_key(key)?;
+        }
+        let call = Call::new("DeleteMultipleObjects", Method::POST, bucket, None)
+            .query("delete", "")
+            .query("encoding-type", "url");
+        let mut call = xml_body(call, xml::delete_body(keys, true));
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| reply.xml(xml::parse_delete_result)).await
+    }
+
+    async fn list_objects(&self, bucket: &str, request: &ListObjectsRequest) -> Result<ListObjectsPage, RemoteError> {
+        if let Some(n) = request.max_keys {
+            if !(1..=1000).contains(&n) {
+                return Err(RemoteError::invalid_input(format!("max-keys {n}"), "use 1 to 1000"));
+            }
+        }
+        let mut call = Call::new("ListObjectsV2", Method::GET, bucket, None)
+            .query("list-type", "2")
+            .query("encoding-type", "url")
+            .query_opt("prefix", request.prefix.as_deref())
+            .query_opt("delimiter", request.delimiter.as_deref())
+            .query_opt("continuation-token", request.continuation_token.as_deref())
+            .query_opt("start-after", request.start_after.as_deref())
+            .query_opt("max-keys", request.max_keys);
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| reply.xml(xml::parse_list_objects)).await
+    }
+
+    async fn copy_object(&self, bucket: &str, source_key: &str, dest_key: &str) -> Result<CopyResult, RemoteError> {
+        check_key(source_key)?;
+        let mut call = Call::new("CopyObject", Method::PUT, bucket, Some(dest_key));
+        call.headers.insert("x-oss-copy-source", copy_source(bucket, source_key)?);
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| {
+            let etag = reply.xml(|b| xml::parse_copy(b, "CopyObjectResult"))?;
+            Ok(CopyResult { etag, crc64: reply.crc64()? })
+        })
+        .await
+    }
+
+    async fn initiate_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        options: &ObjectOptions,
+    ) -> Result<String, RemoteError> {
+        // The ACL goes with Complete (as the SDKs send it); never `sequential`, which forbids re-sending parts.
+        let mut call = Call::new("InitiateMultipartUpload", Method::POST, bucket, Some(key))
+            .query("uploads", "")
+            .query("encoding-type", "url");
+        call.headers = object_headers(options, false)?;
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| reply.xml(xml::parse_initiate)).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Body,
+    ) -> Result<PartResult, RemoteError> {
+        check_upload(upload_id, Some(part_number))?;
+        check_single_upload_size("UploadPart", body.len())?;
+        let mut call = Call::new("UploadPart", Method::PUT, bucket, Some(key))
+            .query("partNumber", part_number.to_string())
+            .query("uploadId", upload_id)
+            .upload(upload_id, Some(part_number));
+        call.body = body;
+        call.verify_body = true;
+        self.execute(call, |reply| {
+            let (etag, digest) = Self::verify_upload(reply)?;
+            Ok(PartResult { part_number, etag, digest, request_id: reply.request_id.clone() })
+        })
+        .await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        source_bucket: &str,
+        source_key: &str,
+        source_range: Option<ByteRange>,
+    ) -> Result<CopyPartResult, RemoteError> {
+        check_upload(upload_id, Some(part_number))?;
+        validate_bucket(source_bucket)?;
+        check_key(source_key)?;
+        let mut call = Call::new("UploadPartCopy", Method::PUT, bucket, Some(key))
+            .query("partNumber", part_number.to_string())
+            .query("uploadId", upload_id)
+            .upload(upload_id, Some(part_number));
+        call.headers.insert("x-oss-copy-source", copy_source(source_bucket, source_key)?);
+        if let Some(r) = source_range {
+            if r.first > r.last {
+                return Err(RemoteError::invalid_input(
+                    format!("empty byte range {}-{}", r.first, r.last),
+                    "give first <= last",
+                ));
+            }
+            call.headers
+                .insert("x-oss-copy-source-range", header_value("range", &format!("bytes={}-{}", r.first, r.last))?);
+        }
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| {
+            let etag = reply.xml(|b| xml::parse_copy(b, "CopyPartResult"))?;
+            Ok(CopyPartResult { part_number, etag, crc64: reply.crc64()? })
+        })
+        .await
+    }
+
+    async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number_marker: Option<u32>,
+    ) -> Result<ListPartsPage, RemoteError> {
+        check_upload(upload_id, None)?;
+        let mut call = Call::new("ListParts", Method::GET, bucket, Some(key))
+            .query("uploadId", upload_id)
+            .query("encoding-type", "url")
+            .query_opt("part-number-marker", part_number_marker)
+            .upload(upload_id, None);
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| reply.xml(xml::parse_list_parts)).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        options: &CompleteOptions,
+    ) -> Result<CompleteResult, RemoteError> {
+        check_upload(upload_id, None)?;
+        if parts.is_empty() {
+            return Err(RemoteError::invalid_input(
+                "CompleteMultipartUpload with no parts",
+                "upload empty or small files with PutObject",
+            ));
+        }
+        for pair in parts.windows(2) {
+            if pair[0].part_number >= pair[1].part_number {
+                return Err(RemoteError::invalid_input(
+                    format!("parts {} and {} are not in ascending order", pair[0].part_number, pair[1].part_number),
+                    "list the parts sorted by part number, each once",
+                ));
+            }
+        }
+        for p in parts {
+            check_upload(upload_id, Some(p.part_number))?;
+        }
+        let call = Call::new("CompleteMultipartUpload", Method::POST, bucket, Some(key))
+            .query("uploadId", upload_id)
+            .query("encoding-type", "url")
+            .upload(upload_id, None);
+        let mut call = xml_body(call, xml::complete_body(parts));
+        if let Some(acl) = &options.acl {
+            call.headers.insert("x-oss-object-acl", checked_acl(acl)?);
+        }
+        if options.forbid_overwrite {
+            call.headers.insert("x-oss-forbid-overwrite", HeaderValue::from_static("true"));
+        }
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| {
+            let etag = reply.xml(xml::parse_complete)?;
+            Ok(CompleteResult { etag, crc64: reply.crc64()?, request_id: reply.request_id.clone() })
+        })
+        .await
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), RemoteError> {
+        check_upload(upload_id, None)?;
+        let call = Call::new("AbortMultipartUpload", Method::DELETE, bucket, Some(key))
+            .query("uploadId", upload_id)
+            .upload(upload_id, None);
+        match self.execute(call, |_| Ok(())).await {
+            Err(e) if e.is_no_such_upload() => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        request: &ListUploadsRequest,
+    ) -> Result<ListUploadsPage, RemoteError> {
+        if let Some(n) = request.max_uploads {
+            if !(1..=1000).contains(&n) {
+                return Err(RemoteError::invalid_input(format!("max-uploads {n}"), "use 1 to 1000"));
+            }
+        }
+        let mut call = Call::new("ListMultipartUploads", Method::GET, bucket, None)
+            .query("uploads", "")
+            .query("encoding-type", "url")
+            .query_opt("prefix", request.prefix.as_deref())
+            .query_opt("key-marker", request.key_marker.as_deref())
+            .query_opt("upload-id-marker", request.upload_id_marker.as_deref())
+            .query_opt("max-uploads", request.max_uploads);
+        call.read = ReadBody::Xml;
+        self.execute(call, |reply| reply.xml(xml::parse_list_uploads)).await
+    }
+}
