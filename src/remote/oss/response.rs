@@ -346,4 +346,22 @@ mod tests {
         assert!(snippet(&[b'a'; 10_000]).chars().count() <= 161);
         assert_eq!(snippet(b" \n"), "(empty body)");
     }
+
+    proptest::proptest! {
+        // Whatever a server sends, decoding it yields an error value, never a panic.
+        #[test]
+        fn error_decoding_never_panics(
+            status in 100u16..1000,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            err_header in "[A-Za-z0-9+/=]{0,80}",
+            range in "(bytes)? ?[0-9]{0,21}-?[0-9]{0,21}/?[0-9*]{0,21}",
+            is_head in proptest::bool::ANY,
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let h = hdrs(&[("x-oss-err", &err_header), ("date", "garbage"), ("x-oss-request-id", "R")]);
+            let _ = service_error("Op", is_head, status, &h, &body, &keep());
+            let _ = parse_content_range(&range);
+            let _ = snippet(&body);
+        }
+    }
 }

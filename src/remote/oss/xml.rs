@@ -659,4 +659,35 @@ mod tests {
             .collect();
         assert_eq!(back, parts.iter().map(|p| (p.part_number, p.etag.clone())).collect::<Vec<_>>());
     }
+
+    mod never_panics {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn all_decoders(body: &[u8]) {
+            let _ = parse_list_objects(body);
+            let _ = parse_list_parts(body);
+            let _ = parse_list_uploads(body);
+            let _ = parse_initiate(body);
+            let _ = parse_complete(body);
+            let _ = parse_copy(body, "CopyObjectResult");
+            let _ = parse_delete_result(body);
+            let _ = parse_error(body);
+        }
+
+        proptest! {
+            #[test]
+            fn on_arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                all_decoders(&body);
+            }
+
+            // Near-XML: the tags, entities and encodings the decoders look at, in any order and nesting.
+            #[test]
+            fn on_tag_soup(body in "(<(/)?(ListBucketResult|ListPartsResult|Error|Contents|Key|Size|Part|PartNumber|\
+                IsTruncated|NextContinuationToken|NextPartNumberMarker|EncodingType|Upload|UploadId|ETag|DeleteResult)(/)?>\
+                |true|url|%[0-9A-Fa-f]{0,2}|&(amp|lt|#x?[0-9a-fA-F]{0,8}|bogus);?|<!\\[CDATA\\[[a-z]*\\]\\]>|[0-9 +a-z]{0,4}){0,40}") {
+                all_decoders(body.as_bytes());
+            }
+        }
+    }
 }
