@@ -1,7 +1,7 @@
 //! [`OssClient`]: the OSS REST API behind the [`Remote`] trait.
 //!
-//! Every operation is a [`Call`] (method, bucket, key, decoded query, headers, body) plus a parse function,
-//! run by one retry loop ([`OssClient::execute`]). Each attempt is built from scratch: signed at the current
+//! Every operation is a `Call` (method, bucket, key, decoded query, headers, body) plus a parse function,
+//! run by one retry loop (`OssClient::execute`). Each attempt is built from scratch: signed at the current
 //! time (plus the clock offset learned from a `RequestTimeTooSkewed` answer), with a fresh body stream whose
 //! digest covers exactly the bytes of that attempt. The parse function runs inside the loop, so an answer
 //! that is wrong in content (a CRC-64 that does not match what we sent, an HTML page where XML belongs) is
