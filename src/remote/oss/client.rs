@@ -498,9 +498,10 @@ impl OssClient {
         &self.inner.signer.region
     }
 
-    /// Server time minus local time, as learned from `RequestTimeTooSkewed` answers.
-    pub fn clock_offset(&self) -> Duration {
-        Duration::from_millis(self.inner.clock_offset_ms.load(Ordering::Relaxed).unsigned_abs())
+    /// Server time minus local time in milliseconds (positive: the server is ahead), as learned from
+    /// `RequestTimeTooSkewed` answers; 0 until then.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.inner.clock_offset_ms.load(Ordering::Relaxed)
     }
 
     /// Set the offset from the server's clock by hand, e.g. from a known time source (tests use it too).
