@@ -43,6 +43,8 @@ mod open;
 mod rows;
 mod schema;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
