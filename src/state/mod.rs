@@ -11,6 +11,11 @@
 //! lost synced row re-verifies the file), except a lost upload row, which would orphan a server upload; so
 //! the upload row is committed with `synchronous=FULL`.
 //!
+//! What the MAC is for: it catches damage and edits made without the key (a bad disk, a bad restore, a
+//! person with the `sqlite3` shell). The key lives in the same file, so it is no defence against someone
+//! who reads the file first, and it need not be: the database holds no secrets (keep it that way), and
+//! anyone who can write it can also delete it, which is equally safe.
+//!
 //! # Layout
 //!
 //! - `schema`: tables, migrations (`PRAGMA user_version`), and the check that every column is MAC'd.
@@ -22,19 +27,26 @@
 //! - `index`, `status`, `claim`: the synced-file index (paged listing, lookups by content and by inode,
 //!   counts), per-file pending/failed status, and claims (who is uploading what, with progress).
 //!
+//! # Opening
+//!
+//! [`StateDb::open`] runs `PRAGMA quick_check`, which reads the whole file, once per process start (measured:
+//! 0.8 s for an index of a million files, 345 MB; a full paged walk of it with MAC checks took 6.6 s, a
+//! lookup 9 µs, with the process staying near 10 MB resident). [`StateDb::open_read_only`] (for `status`) skips it and never
+//! creates, migrates or recovers anything, so it is safe beside a running agent.
+//!
 //! # Concurrency
 //!
-//! A [`StateDb`] is one SQLite connection behind a mutex: clones share it, calls are short and blocking
-//! (call `begin_upload`, which fsyncs, and bulk calls from `spawn_blocking` in async code). Several
-//! processes may open the same file: WAL lets readers run beside the writer, writes take the write lock up
-//! front (`BEGIN IMMEDIATE`) and wait up to [`BUSY_TIMEOUT`] for it. Which process uploads which object is
-//! coordinated by [`StateDb::claim`], see [`Claim`].
+//! A [`StateDb`] is one SQLite connection behind a mutex: clones share it; calls are short but blocking, so
+//! async code should make `begin_upload` (which waits for fsync), `open` and bulk calls from
+//! `spawn_blocking`. Several processes may open the same file: WAL lets readers run beside the writer, and
+//! writes take the write lock up front (`BEGIN IMMEDIATE`), waiting up to [`BUSY_TIMEOUT`] for it. Which
+//! process uploads which object is coordinated by [`StateDb::claim`], see [`Claim`].
 //!
 //! # Memory
 //!
 //! Nothing that grows with the number of files is loaded whole: the synced index is read by key, by lookup,
-//! or in pages ([`StateDb::list_synced`], [`StateDb::iter_synced`]); `list_checkpoints` returns every
-//! checkpoint, which is bounded by the uploads that were in flight.
+//! or in pages ([`StateDb::list_synced`], [`StateDb::iter_synced`], [`StateDb::list_status`]);
+//! `list_checkpoints` returns every checkpoint, which is bounded by the uploads that were in flight.
 
 mod claim;
 mod index;

@@ -331,6 +331,11 @@ fn inspect_conn(mut conn: Connection, path: &Path) -> Result<Inspect, StateError
     if version > LATEST {
         return Err(StateError::TooNew { path: path.to_path_buf(), found: version, known: LATEST });
     }
+    if app_id == APPLICATION_ID && version < 1 {
+        // create_fresh sets both in one transaction: ours with no schema version is a damaged header
+        // (migrating it would try to create tables that exist).
+        return Ok(Inspect::Damaged(format!("the header's schema version is {version}")));
+    }
     if let Some(problems) = quick_check(&conn).map_err(&sql)? {
         return Ok(Inspect::Damaged(format!("quick_check: {problems}")));
     }

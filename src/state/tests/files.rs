@@ -330,6 +330,19 @@ fn a_newer_schema_is_refused_and_left_alone() {
 }
 
 #[test]
+fn a_damaged_schema_version_in_our_header_is_recovered() {
+    for version in [0, -3] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let expected = populate(&path);
+        raw(&path).execute_batch(&format!("PRAGMA user_version = {version}")).unwrap();
+        let (_db, q) = recovered(&path);
+        assert!(q.reason.contains("schema version"), "{}", q.reason);
+        assert_eq!(sorted(q.salvaged_uploads), expected);
+    }
+}
+
+#[test]
 fn someone_elses_database_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
@@ -509,4 +522,20 @@ fn a_reader_in_another_thread_sees_consistent_state_while_a_writer_writes() {
     assert_eq!(reader.list_checkpoints().unwrap().len(), 20);
     // The read-only handle cannot write.
     assert!(read_only.forget_synced("b", "first").is_err());
+}
+
+#[test]
+fn a_read_only_handle_works_when_nothing_else_has_the_database_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    populate(&path);
+    assert!(!with_suffix(&path, "-wal").exists() && !with_suffix(&path, "-shm").exists());
+    let db = StateDb::open_read_only(&path).unwrap();
+    assert_eq!(db.counts().unwrap().synced_files, 400);
+    assert_eq!(db.list_checkpoints().unwrap().len(), 3);
+    drop(db);
+    // And the writer opens normally afterwards.
+    let (db, report) = StateDb::open(&path).unwrap();
+    assert!(report.quarantined.is_none());
+    assert_eq!(db.counts().unwrap().synced_files, 400);
 }
