@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod remote;
 pub mod snapshot;
