@@ -468,6 +468,14 @@ mod tests {
     }
 
     #[test]
+    fn packaged_example_config_is_valid() {
+        let f = file(include_str!("../packaging/config.toml"));
+        let s = AgentSettings::resolve_with(&args(&[]), &f, None, &[("X", "")]).unwrap();
+        assert_eq!(s.bucket, "my-backups");
+        assert_eq!(s.remote.region.as_deref(), Some("cn-hangzhou"));
+    }
+
+    #[test]
     fn state_dir_follows_xdg() {
         assert_eq!(state_dir(&[("XDG_STATE_HOME", "/x")]), PathBuf::from("/x/ossmirror"));
         assert_eq!(state_dir(&[("HOME", "/home/u")]), PathBuf::from("/home/u/.local/state/ossmirror"));
