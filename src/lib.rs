@@ -8,6 +8,8 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod remote;
 pub mod snapshot;
 pub mod state;

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod credentials;
 pub mod error;
+pub mod memory;
 pub mod names;
 pub mod oss;
 pub mod retry;

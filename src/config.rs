@@ -1,0 +1,484 @@
+//! Runtime settings from flags, environment and config file, with precedence flags > env > file > defaults.
+//!
+//! The config file is TOML with the flag names as keys (underscores for dashes):
+//!
+//! ```toml
+//! watch = "/data"
+//! bucket = "backups"
+//! prefix = "host1/"
+//! endpoint = "https://oss-cn-hangzhou.aliyuncs.com"
+//! region = "cn-hangzhou"
+//! signature = "v4"          # v1 | v4
+//! protocol = "oss"          # oss | s3
+//! exclude = ["*.log.tmp", "cache/"]
+//! settle = "2s"
+//! part_size = "8M"
+//! ```
+//!
+//! Unknown keys and bad values are rejected with a message naming the file and the key. Credentials are
+//! best kept out of the file (use an EnvironmentFile with mode 0600 under systemd); if the file holds a
+//! secret and other users can read it, we warn.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{AgentArgs, LogFormat, RemoteArgs};
+use crate::remote::oss::sign::SignatureVersion;
+use crate::remote::{Credentials, Dialect};
+use crate::units::{parse_duration, parse_size};
+
+/// Default location of the config file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ossmirror/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Value { path: PathBuf, key: &'static str, message: String },
+    #[error("{0}")]
+    Missing(String),
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+/// The config file as written: every value optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub watch: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub signature: Option<String>,
+    pub protocol: Option<String>,
+    pub access_key_id: Option<String>,
+    pub access_key_secret: Option<String>,
+    pub session_token: Option<String>,
+    pub path_style: Option<bool>,
+    pub state_db: Option<PathBuf>,
+    pub delete: Option<bool>,
+    pub exclude: Option<Vec<String>>,
+    pub settle: Option<String>,
+    pub jobs: Option<usize>,
+    pub part_size: Option<String>,
+    pub threads: Option<usize>,
+    pub bwlimit: Option<String>,
+    pub follow_symlinks: Option<bool>,
+    pub orphan_age: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub rescan_interval: Option<String>,
+    pub log_format: Option<String>,
+    pub metrics_listen: Option<String>,
+}
+
+impl FileConfig {
+    /// Load `explicit`, or the default path if it exists, or nothing.
+    pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>), ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+            None => return Ok((FileConfig::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let config = Self::parse(&text, &path)?;
+        if config.access_key_secret.is_some() || config.session_token.is_some() {
+            warn_if_readable_by_others(&path);
+        }
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "config file holds a secret but other users can read it: chmod 600 it");
+        }
+    }
+}
+
+/// Where the environment comes from (a trait so tests need not touch the process environment).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+/// How to reach the remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSettings {
+    pub protocol: Dialect,
+    /// `None`: no endpoint configured anywhere (the agent then runs its embedded server).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub signature: SignatureVersion,
+    pub credentials: Option<Credentials>,
+    pub path_style: bool,
+    /// True when the secret came from a command-line flag (visible in `ps`): worth a warning.
+    pub secret_from_flag: bool,
+}
+
+fn first<T>(options: impl IntoIterator<Item = Option<T>>) -> Option<T> {
+    options.into_iter().flatten().next()
+}
+
+fn file_value<T>(
+    path: &Option<PathBuf>,
+    key: &'static str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    value
+        .map(|v| {
+            parse(v).map_err(|message| ConfigError::Value { path: path.clone().unwrap_or_default(), key, message })
+        })
+        .transpose()
+}
+
+impl RemoteSettings {
+    pub fn resolve(
+        flags: &RemoteArgs,
+        file: &FileConfig,
+        file_path: &Option<PathBuf>,
+        env: &dyn Env,
+    ) -> Result<RemoteSettings, ConfigError> {
+        let protocol = match flags.protocol {
+            Some(p) => p.into(),
+            None => file_value(file_path, "protocol", file.protocol.as_deref(), |v| match v {
+                "oss" => Ok(Dialect::Oss),
+                "s3" => Ok(Dialect::S3),
+                _ => Err(format!("{v:?} is not a protocol: use \"oss\" or \"s3\"")),
+            })?
+            .unwrap_or(Dialect::Oss),
+        };
+        let signature = match flags.signature {
+            Some(s) => s.into(),
+            None => file_value(file_path, "signature", file.signature.as_deref(), |v| v.parse())?
+                .unwrap_or(SignatureVersion::V4),
+        };
+        let (id_var, secret_var, token_var, region_var, endpoint_var) = match protocol {
+            Dialect::Oss => {
+                ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "OSS_REGION", "OSS_ENDPOINT")
+            }
+            Dialect::S3 => {
+                ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
+            }
+        };
+        let endpoint = first([flags.endpoint.clone(), env.var(endpoint_var), file.endpoint.clone()]);
+        let region = first([flags.region.clone(), env.var(region_var), file.region.clone()]);
+        let id = first([flags.access_key_id.clone(), env.var(id_var), file.access_key_id.clone()]);
+        let secret_from_flag = flags.access_key_secret.is_some();
+        let secret = first([flags.access_key_secret.clone(), env.var(secret_var), file.access_key_secret.clone()]);
+        let token = first([env.var(token_var), file.session_token.clone()]);
+        let credentials = match (id, secret) {
+            (Some(id), Some(secret)) => {
+                let c = Credentials::new(id, secret);
+                Some(match token {
+                    Some(t) => c.with_session_token(t),
+                    None => c,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing(format!(
+                    "an access key id is set but no secret: set {secret_var} (or --access-key-secret)"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing(format!(
+                    "an access key secret is set but no id: set {id_var} (or --access-key-id)"
+                )));
+            }
+        };
+        Ok(RemoteSettings {
+            protocol,
+            endpoint,
+            region,
+            signature,
+            credentials,
+            path_style: flags.path_style || file.path_style.unwrap_or(false),
+            secret_from_flag,
+        })
+    }
+}
+
+/// Everything the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub watch: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+    pub remote: RemoteSettings,
+    pub state_db: Option<PathBuf>,
+    pub delete: bool,
+    pub exclude: Vec<String>,
+    pub settle: Duration,
+    pub jobs: usize,
+    pub part_size: u64,
+    pub threads: usize,
+    pub bwlimit: Option<u64>,
+    pub follow_symlinks: bool,
+    pub orphan_age: Duration,
+    pub shutdown_timeout: Duration,
+    pub rescan_interval: Duration,
+    pub once: bool,
+    pub log_format: LogFormat,
+    pub metrics_listen: Option<SocketAddr>,
+    pub config_file: Option<PathBuf>,
+}
+
+impl AgentSettings {
+    pub fn resolve(flags: &AgentArgs, env: &dyn Env) -> Result<AgentSettings, ConfigError> {
+        let (file, path) = FileConfig::load(flags.config.as_deref())?;
+        Self::resolve_with(flags, &file, path, env)
+    }
+
+    pub fn resolve_with(
+        flags: &AgentArgs,
+        file: &FileConfig,
+        path: Option<PathBuf>,
+        env: &dyn Env,
+    ) -> Result<AgentSettings, ConfigError> {
+        let remote = RemoteSettings::resolve(&flags.remote, file, &path, env)?;
+        let dur =
+            |key: &'static str, flag: Option<crate::units::HumanDuration>, v: &Option<String>, default: Duration| {
+                Ok::<_, ConfigError>(match flag {
+                    Some(d) => d.0,
+                    None => file_value(&path, key, v.as_deref(), |s| parse_duration(s).map_err(|e| e.to_string()))?
+                        .unwrap_or(default),
+                })
+            };
+        let size = |key: &'static str, flag: Option<crate::units::ByteSize>, v: &Option<String>| {
+            Ok::<_, ConfigError>(match flag {
+                Some(s) => Some(s.0),
+                None => file_value(&path, key, v.as_deref(), |s| parse_size(s).map_err(|e| e.to_string()))?,
+            })
+        };
+        let positive = |key: &'static str, v: Option<usize>| -> Result<Option<usize>, ConfigError> {
+            match v {
+                Some(0) => Err(ConfigError::Value {
+                    path: path.clone().unwrap_or_default(),
+                    key,
+                    message: "must be at least 1".into(),
+                }),
+                other => Ok(other),
+            }
+        };
+        let watch = flags.watch.clone().or(file.watch.clone()).ok_or_else(|| {
+            ConfigError::Missing("nothing to watch: give --watch DIR (or `watch` in the config file)".into())
+        })?;
+        let bucket = flags.bucket.clone().or(file.bucket.clone()).ok_or_else(|| {
+            ConfigError::Missing("no bucket: give --bucket NAME (or `bucket` in the config file)".into())
+        })?;
+        let log_format = match flags.log_format {
+            Some(f) => f,
+            None => file_value(&path, "log_format", file.log_format.as_deref(), |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("{v:?} is not a log format: use \"text\" or \"json\"")),
+            })?
+            .unwrap_or(LogFormat::Text),
+        };
+        let metrics_listen = match flags.metrics_listen {
+            Some(a) => Some(a),
+            None => file_value(&path, "metrics_listen", file.metrics_listen.as_deref(), |v| {
+                v.parse::<SocketAddr>().map_err(|e| format!("{v:?} is not an address like 127.0.0.1:9464: {e}"))
+            })?,
+        };
+        let mut exclude = file.exclude.clone().unwrap_or_default();
+        exclude.extend(flags.exclude.iter().cloned());
+        Ok(AgentSettings {
+            watch,
+            bucket,
+            prefix: flags.prefix.clone().or(file.prefix.clone()).unwrap_or_default(),
+            remote,
+            state_db: flags.state_db.clone().or(file.state_db.clone()),
+            delete: flags.delete || file.delete.unwrap_or(false),
+            exclude,
+            settle: dur("settle", flags.settle, &file.settle, Duration::from_secs(2))?,
+            jobs: positive("jobs", flags.jobs.or(file.jobs))?.unwrap_or(4),
+            part_size: size("part_size", flags.part_size, &file.part_size)?.unwrap_or(crate::engine::DEFAULT_PART_SIZE),
+            threads: positive("threads", flags.threads.or(file.threads))?.unwrap_or(4),
+            bwlimit: size("bwlimit", flags.bwlimit, &file.bwlimit)?.filter(|b| *b > 0),
+            follow_symlinks: flags.follow_symlinks || file.follow_symlinks.unwrap_or(false),
+            orphan_age: dur("orphan_age", flags.orphan_age, &file.orphan_age, Duration::from_secs(24 * 3600))?,
+            shutdown_timeout: dur(
+                "shutdown_timeout",
+                flags.shutdown_timeout,
+                &file.shutdown_timeout,
+                Duration::from_secs(10),
+            )?,
+            rescan_interval: dur(
+                "rescan_interval",
+                flags.rescan_interval,
+                &file.rescan_interval,
+                Duration::from_secs(3600),
+            )?,
+            once: flags.once,
+            log_format,
+            metrics_listen,
+            config_file: path,
+        })
+    }
+}
+
+/// `$XDG_STATE_HOME/ossmirror`, else `~/.local/state/ossmirror`, else `/var/lib/ossmirror` (root, no HOME).
+pub fn state_dir(env: &dyn Env) -> PathBuf {
+    if let Some(dir) = env.var("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("ossmirror");
+    }
+    if let Some(home) = env.var("HOME") {
+        return PathBuf::from(home).join(".local/state/ossmirror");
+    }
+    PathBuf::from("/var/lib/ossmirror")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        let mut argv = vec!["ossmirror"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().agent
+    }
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(text, Path::new("/etc/ossmirror/config.toml")).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let f = file(
+            r#"watch = "/from-file"
+               bucket = "file-bucket"
+               endpoint = "http://file:1"
+               region = "file-region"
+               access_key_id = "FILEID"
+               access_key_secret = "FILESECRET"
+               settle = "5s"
+               jobs = 7"#,
+        );
+        let env =
+            [("OSS_ENDPOINT", "http://env:2"), ("OSS_ACCESS_KEY_ID", "ENVID"), ("OSS_ACCESS_KEY_SECRET", "ENVSECRET")];
+        let s =
+            AgentSettings::resolve_with(&args(&["--bucket", "flag-bucket", "--settle", "1s"]), &f, None, &env).unwrap();
+        assert_eq!(s.watch, PathBuf::from("/from-file"));
+        assert_eq!(s.bucket, "flag-bucket");
+        assert_eq!(s.remote.endpoint.as_deref(), Some("http://env:2"));
+        assert_eq!(s.remote.region.as_deref(), Some("file-region"));
+        let creds = s.remote.credentials.unwrap();
+        assert_eq!(creds.access_key_id, "ENVID");
+        assert_eq!(creds.access_key_secret.expose(), "ENVSECRET");
+        assert_eq!(s.settle, Duration::from_secs(1));
+        assert_eq!(s.jobs, 7);
+        assert_eq!(s.threads, 4);
+        assert_eq!(s.part_size, 8 << 20);
+        assert_eq!(s.orphan_age, Duration::from_secs(86400));
+        assert!(!s.remote.secret_from_flag);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = FileConfig::parse("watch = \"/d\"\nsetle = \"2s\"", Path::new("/c.toml")).unwrap_err().to_string();
+        assert!(e.contains("setle") && e.contains("/c.toml"), "{e}");
+        for (text, key) in [
+            ("settle = \"2x\"", "settle"),
+            ("part_size = \"huge\"", "part_size"),
+            ("signature = \"v9\"", "signature"),
+            ("jobs = 0", "jobs"),
+            ("metrics_listen = \"nope\"", "metrics_listen"),
+        ] {
+            let f = file(&format!("watch = \"/d\"\nbucket = \"b\"\n{text}"));
+            let e = AgentSettings::resolve_with(&args(&[]), &f, Some(PathBuf::from("/c.toml")), &[("X", "")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_pieces_are_explained() {
+        let e = AgentSettings::resolve_with(&args(&["--bucket", "b"]), &FileConfig::default(), None, &[("X", "")])
+            .unwrap_err();
+        assert!(e.to_string().contains("--watch"), "{e}");
+        let e = AgentSettings::resolve_with(
+            &args(&["--watch", "/d", "--bucket", "b"]),
+            &FileConfig::default(),
+            None,
+            &[("OSS_ACCESS_KEY_ID", "x")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("OSS_ACCESS_KEY_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn s3_reads_aws_variables_and_flag_secrets_are_noted() {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "A"),
+            ("AWS_SECRET_ACCESS_KEY", "S"),
+            ("AWS_REGION", "us-east-1"),
+            ("OSS_ACCESS_KEY_ID", "no"),
+        ];
+        let s = AgentSettings::resolve_with(
+            &args(&["--watch", "/d", "--bucket", "b", "--protocol", "s3"]),
+            &FileConfig::default(),
+            None,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.remote.protocol, Dialect::S3);
+        assert_eq!(s.remote.credentials.unwrap().access_key_id, "A");
+        assert_eq!(s.remote.region.as_deref(), Some("us-east-1"));
+        let s = AgentSettings::resolve_with(
+            &args(&["--watch", "/d", "--bucket", "b", "--access-key-id", "I", "--access-key-secret", "S"]),
+            &FileConfig::default(),
+            None,
+            &[("X", "")],
+        )
+        .unwrap();
+        assert!(s.remote.secret_from_flag);
+        assert!(!format!("{:?}", s.remote).contains("\"S\""), "secrets are redacted in Debug");
+    }
+
+    #[test]
+    fn packaged_example_config_is_valid() {
+        let f = file(include_str!("../packaging/config.toml"));
+        let s = AgentSettings::resolve_with(&args(&[]), &f, None, &[("X", "")]).unwrap();
+        assert_eq!(s.bucket, "my-backups");
+        assert_eq!(s.remote.region.as_deref(), Some("cn-hangzhou"));
+    }
+
+    #[test]
+    fn state_dir_follows_xdg() {
+        assert_eq!(state_dir(&[("XDG_STATE_HOME", "/x")]), PathBuf::from("/x/ossmirror"));
+        assert_eq!(state_dir(&[("HOME", "/home/u")]), PathBuf::from("/home/u/.local/state/ossmirror"));
+        assert_eq!(state_dir(&[("X", "")]), PathBuf::from("/var/lib/ossmirror"));
+    }
+}

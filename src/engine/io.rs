@@ -1,0 +1,249 @@
+//! Local file access for the engine, all on the blocking pool.
+//!
+//! Files are opened with `O_NONBLOCK` so a FIFO that slipped past the scanner can never block us, and
+//! anything but a regular file is refused before a byte is read. Snapshots come from the open descriptor;
+//! the path is checked separately to notice a file replaced by a rename (an editor save).
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::EngineError;
+use crate::checksum::Blake3;
+use crate::snapshot::FileSnapshot;
+
+/// An open regular file and the snapshot taken when it was opened.
+pub(super) struct Opened {
+    pub file: Arc<File>,
+    pub snapshot: FileSnapshot,
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Open {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("file task failed: {e}")),
+    })?
+}
+
+fn open_err(path: &Path, source: std::io::Error) -> EngineError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        EngineError::Vanished { path: path.to_path_buf() }
+    } else {
+        EngineError::Open { path: path.to_path_buf(), source }
+    }
+}
+
+pub(super) fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open `path` for reading, refusing anything that is not a regular file.
+pub(super) async fn open_regular(path: &Path) -> Result<Opened, EngineError> {
+    let owned = path.to_path_buf();
+    blocking(path, move || open_blocking(&owned)).await
+}
+
+fn open_blocking(path: &PathBuf) -> Result<Opened, EngineError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| open_err(path, e))?;
+    let meta = file.metadata().map_err(|e| open_err(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(EngineError::NotRegular { path: path.clone(), kind: file_kind(&meta.file_type()) });
+    }
+    Ok(Opened { file: Arc::new(file), snapshot: FileSnapshot::from_metadata(&meta) })
+}
+
+/// The file's current snapshot, from the descriptor.
+pub(super) async fn fstat(path: &Path, file: &Arc<File>) -> Result<FileSnapshot, EngineError> {
+    let file = file.clone();
+    let owned = path.to_path_buf();
+    blocking(path, move || FileSnapshot::of_file(&file).map_err(|e| open_err(&owned, e))).await
+}
+
+/// Wait until the file's snapshot is no longer racy (see `FileSnapshot::is_racy`), so that equality of
+/// later snapshots proves no write happened. Gives up with `KeepsChanging` if it keeps being modified.
+pub(super) async fn wait_not_racy(
+    path: &Path,
+    opened: &mut Opened,
+    window: Duration,
+) -> Result<FileSnapshot, EngineError> {
+    const MAX_WAITS: u32 = 8;
+    for _ in 0..MAX_WAITS {
+        refresh_if_replaced(path, opened).await?;
+        let snapshot = fstat(path, &opened.file).await?;
+        let now = SystemTime::now();
+        let wait = racy_wait(&snapshot, now, window);
+        if wait.is_zero() {
+            opened.snapshot = snapshot;
+            return Ok(snapshot);
+        }
+        tracing::debug!(path = %path.display(), wait_ms = wait.as_millis() as u64, "file modified moments ago; waiting until its timestamps can be trusted");
+        tokio::time::sleep(wait).await;
+    }
+    Err(EngineError::KeepsChanging { path: path.to_path_buf(), passes: 0 })
+}
+
+fn racy_wait(snapshot: &FileSnapshot, now: SystemTime, window: Duration) -> Duration {
+    let now_ns = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let newest = snapshot.mtime_ns.max(snapshot.ctime_ns);
+    let remaining = window.as_nanos() as i64 - now_ns.saturating_sub(newest);
+    Duration::from_nanos(remaining.max(0) as u64)
+}
+
+/// If the path now names a different file (replaced by a rename), reopen it. Errors if it vanished.
+pub(super) async fn refresh_if_replaced(path: &Path, opened: &mut Opened) -> Result<bool, EngineError> {
+    let owned = path.to_path_buf();
+    let at_path = blocking(path, move || FileSnapshot::of_path(&owned).map_err(|e| open_err(&owned, e))).await?;
+    if at_path.same_file(&opened.snapshot) {
+        return Ok(false);
+    }
+    tracing::info!(path = %path.display(), "file was replaced (renamed over); reading the new one");
+    *opened = open_regular(path).await?;
+    Ok(true)
+}
+
+/// True if the file is still exactly the version of `snapshot`, under the same path. A replaced file is
+/// reopened (and reported as changed); a vanished one is an error.
+pub(super) async fn unchanged_since(
+    path: &Path,
+    opened: &mut Opened,
+    snapshot: FileSnapshot,
+) -> Result<bool, EngineError> {
+    if refresh_if_replaced(path, opened).await? {
+        return Ok(false);
+    }
+    Ok(fstat(path, &opened.file).await? == snapshot)
+}
+
+/// Read the whole file into memory; `None` if it changed while being read (short read or new snapshot).
+pub(super) async fn read_consistent(
+    path: &Path,
+    opened: &Opened,
+    snapshot: FileSnapshot,
+) -> Result<Option<Bytes>, EngineError> {
+    let file = opened.file.clone();
+    let owned = path.to_path_buf();
+    blocking(path, move || {
+        let mut buf = vec![0u8; snapshot.size as usize];
+        let complete = read_exact_at(&file, &mut buf, 0).map_err(|e| open_err(&owned, e))?;
+        let after = FileSnapshot::of_file(&file).map_err(|e| open_err(&owned, e))?;
+        Ok((complete && after == snapshot).then(|| Bytes::from(buf)))
+    })
+    .await
+}
+
+/// Fill `buf` from `offset`; `Ok(false)` if the file ended first.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// BLAKE3 of `len` bytes at `offset`; `None` if the file is shorter than that now.
+pub(super) async fn hash_range(
+    path: &Path,
+    file: &Arc<File>,
+    offset: u64,
+    len: u64,
+) -> Result<Option<Blake3>, EngineError> {
+    let file = file.clone();
+    let owned = path.to_path_buf();
+    blocking(path, move || {
+        const CHUNK: usize = 1 << 20;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = CHUNK.min((end - pos) as usize);
+            if !read_exact_at(&file, &mut buf[..n], pos).map_err(|e| open_err(&owned, e))? {
+                return Ok(None);
+            }
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(Some(*hasher.finalize().as_bytes()))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        match open_regular(&fifo).await {
+            Err(EngineError::NotRegular { kind, .. }) => assert_eq!(kind, "a FIFO"),
+            Err(e) => panic!("expected NotRegular, got {e}"),
+            Ok(_) => panic!("expected NotRegular, got a file"),
+        }
+        assert!(matches!(open_regular(dir.path()).await, Err(EngineError::NotRegular { .. })));
+        assert!(matches!(open_regular(&dir.path().join("missing")).await, Err(EngineError::Vanished { .. })));
+    }
+
+    #[tokio::test]
+    async fn hashes_ranges_and_sees_short_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let opened = open_regular(&path).await.unwrap();
+        let h = hash_range(&path, &opened.file, 1000, 2_500_000).await.unwrap();
+        assert_eq!(h, Some(crate::checksum::blake3(&data[1000..2_501_000])));
+        assert_eq!(hash_range(&path, &opened.file, 2_999_000, 5000).await.unwrap(), None);
+        let read = read_consistent(&path, &opened, opened.snapshot).await.unwrap().unwrap();
+        assert_eq!(read.len(), data.len());
+    }
+
+    #[tokio::test]
+    async fn replaced_file_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"old").unwrap();
+        let mut opened = open_regular(&path).await.unwrap();
+        let before = opened.snapshot;
+        let tmp = dir.path().join("f.tmp");
+        std::fs::write(&tmp, b"new content").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(!unchanged_since(&path, &mut opened, before).await.unwrap());
+        assert_eq!(opened.snapshot.size, 11);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(unchanged_since(&path, &mut opened, before).await, Err(EngineError::Vanished { .. })));
+    }
+}

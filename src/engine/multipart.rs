@@ -1,0 +1,599 @@
+//! One multipart upload session: start or resume, passes over the file, verified Complete.
+//!
+//! A *pass* takes a snapshot, then works through every part of the plan with `threads` parts in flight:
+//! a part the server already holds (recorded, listed with the same ETag and size) is re-hashed and kept if
+//! its BLAKE3 still matches; any other part is sent. Each part checks the snapshot before reading. When the
+//! pass ends, the file (by descriptor and by path) must still match the snapshot; otherwise another pass
+//! follows over the same upload id, which re-sends exactly the parts whose bytes changed. Complete happens
+//! only after a clean pass, and its CRC-64 must equal the parts' CRCs combined.
+//!
+//! Shrinking files: parts past a new end are left out of Complete. Whether real OSS accepts a Complete that
+//! omits uploaded parts is unconfirmed (OSS-PROTOCOL.md §9.4), so if the server refuses it the session
+//! aborts that upload and starts a fresh one: correct either way, and cheap where the server allows it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::io::{self, Opened};
+use super::plan::PartPlan;
+use super::{
+    EngineError, EngineStats, Inner, Phase, Progress, UploadOutcome, UploadSpec, options_fingerprint, synced_record,
+};
+use crate::checksum::crc64_fold;
+use crate::remote::{Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts};
+use crate::snapshot::FileSnapshot;
+use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
+
+/// Abort a checkpoint's server-side upload (best effort) and delete the checkpoint.
+pub(super) async fn discard_checkpoint(inner: &Inner, checkpoint: &Checkpoint, why: &str) {
+    let (id, bucket, key, upload_id) = match checkpoint {
+        Checkpoint::Valid { upload, .. } => {
+            (upload.id, Some(upload.bucket.as_str()), Some(upload.key.as_str()), Some(upload.upload_id.as_str()))
+        }
+        Checkpoint::Damaged { id, bucket, key, upload_id, reason } => {
+            tracing::warn!(checkpoint = id.0, %reason, "checkpoint is damaged; it is not trusted");
+            (*id, bucket.as_deref(), key.as_deref(), upload_id.as_deref())
+        }
+    };
+    if let (Some(bucket), Some(key), Some(upload_id)) = (bucket, key, upload_id) {
+        abort_upload(inner, bucket, key, upload_id, why).await;
+    }
+    if let Err(e) = inner.state.delete_upload(id) {
+        tracing::warn!(checkpoint = id.0, error = %e, "could not delete a discarded checkpoint");
+    }
+}
+
+async fn abort_upload(inner: &Inner, bucket: &str, key: &str, upload_id: &str, why: &str) {
+    match inner.remote.abort_multipart(bucket, key, upload_id).await {
+        Ok(()) => {
+            EngineStats::add(&inner.stats.uploads_aborted, 1);
+            tracing::info!(%bucket, %key, %upload_id, reason = why, "aborted server-side upload");
+        }
+        // Not fatal: the agent's orphan sweep (ListMultipartUploads) aborts it later.
+        Err(e) => tracing::warn!(%bucket, %key, %upload_id, error = %e, "could not abort server-side upload"),
+    }
+}
+
+fn etag_eq(a: &str, b: &str) -> bool {
+    a.trim_matches('"').eq_ignore_ascii_case(b.trim_matches('"'))
+}
+
+/// How a pass ended.
+enum PassEnd {
+    Clean,
+    Changed,
+}
+
+/// What `drive` concluded.
+enum Driven {
+    Done(UploadOutcome),
+    /// The file shrank to nothing: the caller should abandon this upload and use a PutObject.
+    Emptied,
+}
+
+pub(super) struct Session {
+    inner: Arc<Inner>,
+    spec: UploadSpec,
+    opened: Opened,
+    upload_id: String,
+    row: UploadRowId,
+    part_size: u64,
+    fingerprint: String,
+    /// Parts the server acknowledged for this upload id and that we still trust.
+    parts: BTreeMap<u32, PartRecord>,
+    /// Part numbers the server holds (or held) for this upload id, trusted or not.
+    on_server: BTreeSet<u32>,
+    resumed: bool,
+    parts_sent: u64,
+    parts_reused: u64,
+    bytes_sent: u64,
+}
+
+impl Session {
+    pub(super) async fn run(
+        inner: Arc<Inner>,
+        spec: &UploadSpec,
+        mut opened: Opened,
+        checkpoint: Option<Checkpoint>,
+        report: &(dyn Fn(Progress) + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<UploadOutcome, EngineError> {
+        let fingerprint = options_fingerprint(&spec.options);
+        let snapshot = io::wait_not_racy(&spec.path, &mut opened, inner.config.racy_window).await?;
+        let resumed = match checkpoint {
+            Some(Checkpoint::Valid { upload, parts }) => {
+                Self::resume(&inner, spec, &opened, snapshot, &fingerprint, upload, parts).await?
+            }
+            Some(damaged @ Checkpoint::Damaged { .. }) => {
+                discard_checkpoint(&inner, &damaged, "its checkpoint was damaged").await;
+                None
+            }
+            None => None,
+        };
+        let mut session = match resumed {
+            Some(s) => s,
+            None => Self::start(inner.clone(), spec, opened, snapshot.size, fingerprint).await?,
+        };
+        match session.drive(snapshot, report, cancel).await {
+            Ok(Driven::Done(outcome)) => Ok(outcome),
+            Ok(Driven::Emptied) => {
+                session.abandon("the file became empty").await;
+                // Hand back to the small-file path through a fresh engine call.
+                let engine = super::Engine { inner: session.inner.clone() };
+                let reopened = io::open_regular(&spec.path).await?;
+                engine.single_put(spec, reopened, report, cancel).await
+            }
+            Err(e) => {
+                if !session.inner.config.keep_checkpoint {
+                    session.abandon("checkpointing is off and the upload did not finish").await;
+                    if let EngineError::Cancelled { path, .. } = e {
+                        return Err(EngineError::Cancelled { path, kept: false });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Continue a recorded upload if it still can be: same options, part size still fits, the upload
+    /// still exists. Recorded parts are trusted only as far as ListParts confirms them.
+    async fn resume(
+        inner: &Arc<Inner>,
+        spec: &UploadSpec,
+        opened: &Opened,
+        snapshot: FileSnapshot,
+        fingerprint: &str,
+        upload: crate::state::UploadRecord,
+        recorded: Vec<PartRecord>,
+    ) -> Result<Option<Session>, EngineError> {
+        let checkpoint = Checkpoint::Valid { upload: upload.clone(), parts: recorded.clone() };
+        if upload.options_fingerprint != fingerprint {
+            discard_checkpoint(inner, &checkpoint, "the object options changed since it was started").await;
+            return Ok(None);
+        }
+        if PartPlan::with_exact_part_size(snapshot.size, upload.part_size).is_none() {
+            discard_checkpoint(inner, &checkpoint, "the file outgrew 10,000 parts of the recorded size").await;
+            return Ok(None);
+        }
+        let listed = match list_all_parts(inner.remote.as_ref(), &upload.bucket, &upload.key, &upload.upload_id).await {
+            Ok(listed) => listed,
+            Err(e) if e.is_no_such_upload() => {
+                tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "recorded upload no longer exists on the server; starting a new one");
+                inner.state.delete_upload(upload.id)?;
+                return Ok(None);
+            }
+            Err(source) => return Err(EngineError::Remote { key: spec.key.clone(), source }),
+        };
+        let listed: BTreeMap<u32, _> = listed.into_iter().map(|p| (p.part_number, p)).collect();
+        let mut parts = BTreeMap::new();
+        let mut distrusted = Vec::new();
+        for rec in recorded {
+            let confirmed = listed.get(&rec.part_number).is_some_and(|l| {
+                etag_eq(&l.etag, &rec.etag) && l.size == rec.size && l.crc64.is_none_or(|c| c == rec.crc64)
+            });
+            if confirmed {
+                parts.insert(rec.part_number, rec);
+            } else {
+                distrusted.push(rec.part_number);
+            }
+        }
+        if !distrusted.is_empty() {
+            tracing::info!(key = %upload.key, parts = ?distrusted, "recorded parts the server does not confirm will be sent again");
+            inner.state.remove_parts(upload.id, &distrusted)?;
+        }
+        tracing::info!(path = %spec.path.display(), key = %upload.key, upload_id = %upload.upload_id, trusted_parts = parts.len(), "resuming upload");
+        Ok(Some(Session {
+            inner: inner.clone(),
+            spec: spec.clone(),
+            opened: Opened { file: opened.file.clone(), snapshot: opened.snapshot },
+            upload_id: upload.upload_id,
+            row: upload.id,
+            part_size: upload.part_size,
+            fingerprint: fingerprint.to_string(),
+            parts,
+            on_server: listed.keys().copied().collect(),
+            resumed: true,
+            parts_sent: 0,
+            parts_reused: 0,
+            bytes_sent: 0,
+        }))
+    }
+
+    /// Initiate a new upload and write its checkpoint before any part is sent.
+    async fn start(
+        inner: Arc<Inner>,
+        spec: &UploadSpec,
+        opened: Opened,
+        size: u64,
+        fingerprint: String,
+    ) -> Result<Session, EngineError> {
+        let plan = PartPlan::new(size, inner.config.part_size)?;
+        let upload_id = inner
+            .remote
+            .initiate_multipart(&spec.bucket, &spec.key, &spec.options)
+            .await
+            .map_err(|source| EngineError::Remote { key: spec.key.clone(), source })?;
+        EngineStats::add(&inner.stats.uploads_initiated, 1);
+        let new = NewUpload {
+            local_path: &spec.path,
+            bucket: &spec.bucket,
+            key: &spec.key,
+            upload_id: &upload_id,
+            part_size: plan.part_size,
+            snapshot: opened.snapshot,
+            options_fingerprint: &fingerprint,
+        };
+        let row = match inner.state.begin_upload(&new) {
+            Ok(row) => row,
+            Err(e) => {
+                // Without a checkpoint nobody would ever resume or abort it.
+                abort_upload(&inner, &spec.bucket, &spec.key, &upload_id, "its checkpoint could not be written").await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(path = %spec.path.display(), key = %spec.key, %upload_id, part_size = plan.part_size, parts = plan.count, "started multipart upload");
+        Ok(Session {
+            inner,
+            spec: spec.clone(),
+            opened,
+            upload_id,
+            row,
+            part_size: plan.part_size,
+            fingerprint,
+            parts: BTreeMap::new(),
+            on_server: BTreeSet::new(),
+            resumed: false,
+            parts_sent: 0,
+            parts_reused: 0,
+            bytes_sent: 0,
+        })
+    }
+
+    /// Abort this upload on the server and forget its checkpoint.
+    async fn abandon(&mut self, why: &str) {
+        abort_upload(&self.inner, &self.spec.bucket, &self.spec.key, &self.upload_id, why).await;
+        if let Err(e) = self.inner.state.delete_upload(self.row) {
+            tracing::warn!(checkpoint = self.row.0, error = %e, "could not delete checkpoint");
+        }
+    }
+
+    /// Replace this upload with a fresh one (part size re-planned for `size`).
+    async fn restart(&mut self, size: u64, why: &str) -> Result<(), EngineError> {
+        tracing::info!(key = %self.spec.key, upload_id = %self.upload_id, reason = why, "restarting with a new upload");
+        self.abandon(why).await;
+        let opened = Opened { file: self.opened.file.clone(), snapshot: self.opened.snapshot };
+        let fresh = Self::start(self.inner.clone(), &self.spec, opened, size, self.fingerprint.clone()).await?;
+        let (sent, reused, bytes) = (self.parts_sent, self.parts_reused, self.bytes_sent);
+        *self = Session { parts_sent: sent, parts_reused: reused, bytes_sent: bytes, ..fresh };
+        Ok(())
+    }
+
+    async fn drive(
+        &mut self,
+        first_snapshot: FileSnapshot,
+        report: &(dyn Fn(Progress) + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<Driven, EngineError> {
+        let max_passes = self.inner.config.max_passes;
+        let mut snapshot = first_snapshot;
+        let mut pass = 0u32;
+        loop {
+            pass += 1;
+            if pass > max_passes {
+                return Err(EngineError::KeepsChanging { path: self.spec.path.clone(), passes: max_passes });
+            }
+            if pass > 1 {
+                EngineStats::add(&self.inner.stats.change_passes, 1);
+                snapshot = io::wait_not_racy(&self.spec.path, &mut self.opened, self.inner.config.racy_window).await?;
+                self.inner.state.update_snapshot(self.row, snapshot)?;
+            }
+            if snapshot.size == 0 {
+                return Ok(Driven::Emptied);
+            }
+            let plan = match PartPlan::with_exact_part_size(snapshot.size, self.part_size) {
+                Some(plan) => plan,
+                None => {
+                    self.restart(snapshot.size, "the file outgrew 10,000 parts").await?;
+                    PartPlan::with_exact_part_size(snapshot.size, self.part_size)
+                        .ok_or(EngineError::TooLarge { size: snapshot.size })?
+                }
+            };
+            self.forget_parts_past(plan.count)?;
+            match self.pass(plan, snapshot, pass, report, cancel).await? {
+                PassEnd::Changed => continue,
+                PassEnd::Clean => {}
+            }
+            if !io::unchanged_since(&self.spec.path, &mut self.opened, snapshot).await? {
+                tracing::info!(path = %self.spec.path.display(), key = %self.spec.key, pass, "file changed during the pass; re-checking every part");
+                continue;
+            }
+            report(Progress {
+                phase: Phase::Completing,
+                total_bytes: plan.size,
+                done_bytes: plan.size,
+                parts_total: plan.count,
+                parts_done: plan.count,
+                pass,
+            });
+            match self.complete(plan, snapshot, pass).await? {
+                Some(outcome) => return Ok(Driven::Done(outcome)),
+                None => continue,
+            }
+        }
+    }
+
+    /// Drop trusted parts numbered past `count` (the file shrank): they stay on the server but are left
+    /// out of Complete.
+    fn forget_parts_past(&mut self, count: u32) -> Result<(), EngineError> {
+        let beyond: Vec<u32> = self.parts.range(count + 1..).map(|(n, _)| *n).collect();
+        if !beyond.is_empty() {
+            for n in &beyond {
+                self.parts.remove(n);
+            }
+            self.inner.state.remove_parts(self.row, &beyond)?;
+        }
+        Ok(())
+    }
+
+    async fn pass(
+        &mut self,
+        plan: PartPlan,
+        snapshot: FileSnapshot,
+        pass: u32,
+        report: &(dyn Fn(Progress) + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<PassEnd, EngineError> {
+        let ctx = Arc::new(PassCtx {
+            inner: self.inner.clone(),
+            spec: self.spec.clone(),
+            file: self.opened.file.clone(),
+            upload_id: self.upload_id.clone(),
+            row: self.row,
+            snapshot,
+            changed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let mut progress = Progress {
+            phase: Phase::Uploading,
+            total_bytes: plan.size,
+            done_bytes: 0,
+            parts_total: plan.count,
+            parts_done: 0,
+            pass,
+        };
+        report(progress);
+
+        let mut pending = (1..=plan.count).rev().collect::<Vec<u32>>();
+        let mut running = JoinSet::new();
+        let mut first_error: Option<EngineError> = None;
+        let threads = self.inner.config.threads;
+        loop {
+            while running.len() < threads && first_error.is_none() && !ctx.stopped() && !cancel.is_cancelled() {
+                let Some(number) = pending.pop() else { break };
+                let (offset, len) = plan.range(number);
+                let known = self.parts.get(&number).filter(|p| p.size == len).cloned();
+                let resend = self.on_server.contains(&number);
+                running.spawn(ctx.clone().run_part(number, offset, len, known, resend));
+            }
+            let Some(joined) = running.join_next().await else { break };
+            let result = joined.unwrap_or_else(|e| {
+                Err(EngineError::Open {
+                    path: self.spec.path.clone(),
+                    source: std::io::Error::other(format!("part task failed: {e}")),
+                })
+            });
+            match result {
+                Ok(PartOutcome::Kept(rec)) => {
+                    self.parts_reused += 1;
+                    EngineStats::add(&self.inner.stats.parts_reused, 1);
+                    progress.done_bytes += rec.size;
+                    progress.parts_done += 1;
+                }
+                Ok(PartOutcome::Sent(rec)) => {
+                    self.parts_sent += 1;
+                    self.bytes_sent += rec.size;
+                    self.on_server.insert(rec.part_number);
+                    progress.done_bytes += rec.size;
+                    progress.parts_done += 1;
+                    self.parts.insert(rec.part_number, rec);
+                }
+                Ok(PartOutcome::Skipped) => {}
+                Err(e) => {
+                    ctx.stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+            report(progress);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if cancel.is_cancelled() && (!pending.is_empty() || ctx.changed.load(Ordering::Relaxed)) {
+            return Err(EngineError::Cancelled { path: self.spec.path.clone(), kept: true });
+        }
+        if ctx.changed.load(Ordering::Relaxed) {
+            return Ok(PassEnd::Changed);
+        }
+        Ok(PassEnd::Clean)
+    }
+
+    /// Complete after a clean pass. `Ok(None)` means "go round again" (a fresh upload was started).
+    async fn complete(
+        &mut self,
+        plan: PartPlan,
+        snapshot: FileSnapshot,
+        pass: u32,
+    ) -> Result<Option<UploadOutcome>, EngineError> {
+        let parts: Vec<PartRecord> = (1..=plan.count).filter_map(|n| self.parts.get(&n).cloned()).collect();
+        debug_assert_eq!(parts.len(), plan.count as usize, "a clean pass leaves every part trusted");
+        let expected_crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
+        let list: Vec<CompletedPart> =
+            parts.iter().map(|p| CompletedPart { part_number: p.part_number, etag: p.etag.clone() }).collect();
+        let options = CompleteOptions {
+            acl: self.spec.options.acl.clone(),
+            forbid_overwrite: self.spec.options.forbid_overwrite,
+        };
+        let leaves_parts_out = self.on_server.range(plan.count + 1..).next().is_some();
+        let remote = self.inner.remote.clone();
+        let (bucket, key) = (self.spec.bucket.clone(), self.spec.key.clone());
+        let remote_err = |source| EngineError::Remote { key: key.clone(), source };
+
+        let (etag, server_crc) = match remote.complete_multipart(&bucket, &key, &self.upload_id, &list, &options).await
+        {
+            Ok(done) => (done.etag, done.crc64),
+            Err(e) if e.is_no_such_upload() => {
+                // A Complete whose answer was lost may have succeeded: the object tells.
+                match remote.head_object(&bucket, &key).await.map_err(remote_err)? {
+                    Some(info) if info.size == plan.size && info.crc64 == Some(expected_crc) => {
+                        tracing::info!(%key, upload_id = %self.upload_id, "upload had already been completed");
+                        (info.etag, info.crc64)
+                    }
+                    _ => {
+                        tracing::warn!(%key, upload_id = %self.upload_id, "upload vanished before Complete; starting a new one");
+                        self.inner.state.delete_upload(self.row)?;
+                        let opened = Opened { file: self.opened.file.clone(), snapshot: self.opened.snapshot };
+                        let fresh =
+                            Self::start(self.inner.clone(), &self.spec, opened, plan.size, self.fingerprint.clone())
+                                .await?;
+                        let (s, r, b) = (self.parts_sent, self.parts_reused, self.bytes_sent);
+                        *self = Session { parts_sent: s, parts_reused: r, bytes_sent: b, ..fresh };
+                        return Ok(None);
+                    }
+                }
+            }
+            Err(e) if leaves_parts_out && e.kind() == ErrorKind::Rejected => {
+                tracing::warn!(%key, error = %e, "the server refused a Complete that leaves out parts past the new end of the file");
+                self.restart(plan.size, "the server requires every uploaded part in Complete").await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(remote_err(e)),
+        };
+
+        let server_crc = match server_crc {
+            Some(crc) => Some(crc),
+            None if self.inner.remote.capabilities().object_crc64 => {
+                remote.head_object(&bucket, &key).await.map_err(remote_err)?.and_then(|info| info.crc64)
+            }
+            // A remote without object CRC-64 verifies the completed object itself before answering Ok.
+            None => Some(expected_crc),
+        };
+        if server_crc != Some(expected_crc) {
+            // The upload id is consumed either way; the object is wrong and must not be called synced.
+            self.inner.state.delete_upload(self.row)?;
+            self.inner.state.forget_synced(&bucket, &key)?;
+            return Err(EngineError::Integrity { key, local: expected_crc, server: server_crc });
+        }
+        EngineStats::add(&self.inner.stats.uploads_completed, 1);
+        let outcome = UploadOutcome {
+            size: plan.size,
+            crc64: expected_crc,
+            etag,
+            snapshot,
+            part_size: plan.part_size,
+            part_blake3: parts.iter().map(|p| p.blake3).collect(),
+            resumed: self.resumed,
+            parts_sent: self.parts_sent,
+            parts_reused: self.parts_reused,
+            bytes_sent: self.bytes_sent,
+            passes: pass,
+        };
+        self.inner.state.complete(Some(self.row), &synced_record(&self.spec, &outcome))?;
+        tracing::info!(path = %self.spec.path.display(), key = %self.spec.key, upload_id = %self.upload_id, size = outcome.size,
+            crc64 = outcome.crc64, parts_sent = outcome.parts_sent, parts_reused = outcome.parts_reused, passes = pass, "uploaded and verified");
+        Ok(Some(outcome))
+    }
+}
+
+/// Shared by the part tasks of one pass.
+struct PassCtx {
+    inner: Arc<Inner>,
+    spec: UploadSpec,
+    file: Arc<std::fs::File>,
+    upload_id: String,
+    row: UploadRowId,
+    snapshot: FileSnapshot,
+    /// Set when any part saw the file differ from the pass snapshot.
+    changed: AtomicBool,
+    /// Set on the first hard error: start no more parts.
+    stop: AtomicBool,
+}
+
+enum PartOutcome {
+    /// The server already holds these exact bytes.
+    Kept(PartRecord),
+    Sent(PartRecord),
+    /// Not attempted (the pass is already known to be dirty or stopping).
+    Skipped,
+}
+
+impl PassCtx {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.changed.load(Ordering::Relaxed)
+    }
+
+    fn mark_changed(&self, number: u32) -> PartOutcome {
+        if !self.changed.swap(true, Ordering::Relaxed) {
+            tracing::info!(path = %self.spec.path.display(), part = number, "file changed while uploading");
+        }
+        PartOutcome::Skipped
+    }
+
+    async fn run_part(
+        self: Arc<Self>,
+        number: u32,
+        offset: u64,
+        len: u64,
+        known: Option<PartRecord>,
+        resend: bool,
+    ) -> Result<PartOutcome, EngineError> {
+        if self.stopped() {
+            return Ok(PartOutcome::Skipped);
+        }
+        let _global = match &self.inner.config.global_parts_in_flight {
+            Some(sem) => Some(sem.clone().acquire_owned().await.ok()),
+            None => None,
+        };
+        if io::fstat(&self.spec.path, &self.file).await? != self.snapshot {
+            return Ok(self.mark_changed(number));
+        }
+        if let Some(rec) = known {
+            EngineStats::add(&self.inner.stats.bytes_hashed, len);
+            match io::hash_range(&self.spec.path, &self.file, offset, len).await? {
+                None => return Ok(self.mark_changed(number)),
+                Some(hash) if hash == rec.blake3 => return Ok(PartOutcome::Kept(rec)),
+                Some(_) => {}
+            }
+        }
+        let body = Body::File(FileRange { file: self.file.clone(), offset, len });
+        let sent =
+            self.inner.remote.upload_part(&self.spec.bucket, &self.spec.key, &self.upload_id, number, body).await;
+        let part = match sent {
+            Ok(part) => part,
+            Err(RemoteError::LocalRead { .. }) => return Ok(self.mark_changed(number)),
+            Err(source) => return Err(EngineError::Remote { key: self.spec.key.clone(), source }),
+        };
+        if part.digest.len != len {
+            return Ok(self.mark_changed(number));
+        }
+        let stats = &self.inner.stats;
+        EngineStats::add(&stats.parts_sent, 1);
+        EngineStats::add(&stats.bytes_sent, len);
+        if resend {
+            EngineStats::add(&stats.parts_resent, 1);
+        }
+        let rec = PartRecord {
+            part_number: number,
+            size: len,
+            etag: part.etag,
+            crc64: part.digest.crc64,
+            blake3: part.digest.blake3,
+        };
+        self.inner.state.record_part(self.row, &rec)?;
+        tracing::debug!(key = %self.spec.key, upload_id = %self.upload_id, part = number, size = len, "part uploaded");
+        Ok(PartOutcome::Sent(rec))
+    }
+}
