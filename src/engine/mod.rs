@@ -29,9 +29,9 @@ pub mod plan;
 mod tests;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checksum::Blake3;
 use crate::remote::{Body, ObjectOptions, Remote, RemoteError};
 use crate::snapshot::{FileSnapshot, RACY_WINDOW};
-use crate::state::{StateDb, StateError, SyncedFile};
+use crate::state::{Claim, StateDb, StateError, SyncedFile, UploadRowId};
 pub use plan::{DEFAULT_PART_SIZE, PartPlan};
 
 /// What to upload where.
@@ -255,14 +255,12 @@ impl Engine {
         let remote_err = |source| EngineError::Remote { key: spec.key.clone(), source };
         crate::remote::names::validate_bucket(&spec.bucket).map_err(remote_err)?;
         crate::remote::names::validate_key(&spec.key).map_err(remote_err)?;
-        let report = |p: Progress| {
-            if let Some(tx) = progress {
-                tx.send_replace(p);
-            }
-        };
-        report(Progress::default());
+        let claim = self.inner.state.claim(&spec.path, &spec.bucket, &spec.key, 0)?;
+        let reporter = Reporter { tx: progress, claim, last_beat: Mutex::new(Instant::now()) };
+        reporter.report(Progress::default())?;
 
         let opened = io::open_regular(&spec.path).await?;
+        reporter.claim.set_total_bytes(opened.snapshot.size)?;
         let checkpoint = self.inner.state.find_checkpoint(&spec.path, &spec.bucket, &spec.key)?;
         let small = opened.snapshot.size <= self.inner.config.multipart_threshold;
         let outcome = if small {
@@ -270,18 +268,21 @@ impl Engine {
                 // The file shrank to a small one since an earlier multipart attempt: that upload is useless.
                 multipart::discard_checkpoint(&self.inner, &cp, "the file is now small enough for one PutObject").await;
             }
-            self.single_put(spec, opened, &report, cancel).await?
+            self.single_put(spec, opened, &reporter, cancel).await?
         } else {
-            multipart::Session::run(self.inner.clone(), spec, opened, checkpoint, &report, cancel).await?
+            multipart::Session::run(self.inner.clone(), spec, opened, checkpoint, &reporter, cancel).await?
         };
-        report(Progress {
+        reporter.report(Progress {
             phase: Phase::Done,
             total_bytes: outcome.size,
             done_bytes: outcome.size,
             parts_total: outcome.part_blake3.len() as u32,
             parts_done: outcome.part_blake3.len() as u32,
             pass: outcome.passes,
-        });
+        })?;
+        if let Err(e) = reporter.claim.release() {
+            tracing::warn!(key = %spec.key, error = %e, "could not release the upload claim");
+        }
         Ok(outcome)
     }
 
@@ -291,7 +292,7 @@ impl Engine {
         &self,
         spec: &UploadSpec,
         mut opened: io::Opened,
-        report: &(dyn Fn(Progress) + Sync),
+        reporter: &Reporter<'_>,
         cancel: &CancellationToken,
     ) -> Result<UploadOutcome, EngineError> {
         let inner = &self.inner;
@@ -304,13 +305,13 @@ impl Engine {
                 EngineStats::add(&inner.stats.change_passes, 1);
             }
             let snapshot = io::wait_not_racy(&spec.path, &mut opened, inner.config.racy_window).await?;
-            report(Progress {
+            reporter.report(Progress {
                 phase: Phase::Uploading,
                 total_bytes: snapshot.size,
                 pass,
                 parts_total: 1,
                 ..Default::default()
-            });
+            })?;
             let Some(data) = io::read_consistent(&spec.path, &opened, snapshot).await? else {
                 continue;
             };
@@ -344,6 +345,40 @@ impl Engine {
             return Ok(outcome);
         }
         Err(EngineError::KeepsChanging { path: spec.path.clone(), passes: max_passes })
+    }
+}
+
+/// Publishes progress to the caller's channel and heartbeats the upload claim (at most once a second: each
+/// heartbeat is a database write). A claim taken over by another process stops the upload.
+pub(crate) struct Reporter<'a> {
+    tx: Option<&'a watch::Sender<Progress>>,
+    claim: Claim,
+    last_beat: Mutex<Instant>,
+}
+
+impl Reporter<'_> {
+    fn report(&self, progress: Progress) -> Result<(), EngineError> {
+        if let Some(tx) = self.tx {
+            tx.send_replace(progress);
+        }
+        let due = {
+            let mut last = self.last_beat.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= Duration::from_secs(1) || progress.phase == Phase::Done;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if due {
+            self.claim.progress(progress.done_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn attach(&self, row: UploadRowId, total_bytes: u64) -> Result<(), EngineError> {
+        self.claim.attach_upload(row)?;
+        self.claim.set_total_bytes(total_bytes)?;
+        Ok(())
     }
 }
 

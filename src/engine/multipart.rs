@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::io::{self, Opened};
 use super::plan::PartPlan;
 use super::{
-    EngineError, EngineStats, Inner, Phase, Progress, UploadOutcome, UploadSpec, options_fingerprint, synced_record,
+    EngineError, EngineStats, Inner, Phase, Progress, Reporter, UploadOutcome, UploadSpec, options_fingerprint,
+    synced_record,
 };
 use crate::checksum::crc64_fold;
 use crate::remote::{Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts};
@@ -99,7 +100,7 @@ impl Session {
         spec: &UploadSpec,
         mut opened: Opened,
         checkpoint: Option<Checkpoint>,
-        report: &(dyn Fn(Progress) + Sync),
+        reporter: &Reporter<'_>,
         cancel: &CancellationToken,
     ) -> Result<UploadOutcome, EngineError> {
         let fingerprint = options_fingerprint(&spec.options);
@@ -118,14 +119,15 @@ impl Session {
             Some(s) => s,
             None => Self::start(inner.clone(), spec, opened, snapshot.size, fingerprint).await?,
         };
-        match session.drive(snapshot, report, cancel).await {
+        reporter.attach(session.row, snapshot.size)?;
+        match session.drive(snapshot, reporter, cancel).await {
             Ok(Driven::Done(outcome)) => Ok(outcome),
             Ok(Driven::Emptied) => {
                 session.abandon("the file became empty").await;
                 // Hand back to the small-file path through a fresh engine call.
                 let engine = super::Engine { inner: session.inner.clone() };
                 let reopened = io::open_regular(&spec.path).await?;
-                engine.single_put(spec, reopened, report, cancel).await
+                engine.single_put(spec, reopened, reporter, cancel).await
             }
             Err(e) => {
                 if !session.inner.config.keep_checkpoint {
@@ -275,7 +277,7 @@ impl Session {
     async fn drive(
         &mut self,
         first_snapshot: FileSnapshot,
-        report: &(dyn Fn(Progress) + Sync),
+        reporter: &Reporter<'_>,
         cancel: &CancellationToken,
     ) -> Result<Driven, EngineError> {
         let max_passes = self.inner.config.max_passes;
@@ -303,7 +305,7 @@ impl Session {
                 }
             };
             self.forget_parts_past(plan.count)?;
-            match self.pass(plan, snapshot, pass, report, cancel).await? {
+            match self.pass(plan, snapshot, pass, reporter, cancel).await? {
                 PassEnd::Changed => continue,
                 PassEnd::Clean => {}
             }
@@ -311,14 +313,14 @@ impl Session {
                 tracing::info!(path = %self.spec.path.display(), key = %self.spec.key, pass, "file changed during the pass; re-checking every part");
                 continue;
             }
-            report(Progress {
+            reporter.report(Progress {
                 phase: Phase::Completing,
                 total_bytes: plan.size,
                 done_bytes: plan.size,
                 parts_total: plan.count,
                 parts_done: plan.count,
                 pass,
-            });
+            })?;
             match self.complete(plan, snapshot, pass).await? {
                 Some(outcome) => return Ok(Driven::Done(outcome)),
                 None => continue,
@@ -344,7 +346,7 @@ impl Session {
         plan: PartPlan,
         snapshot: FileSnapshot,
         pass: u32,
-        report: &(dyn Fn(Progress) + Sync),
+        reporter: &Reporter<'_>,
         cancel: &CancellationToken,
     ) -> Result<PassEnd, EngineError> {
         let ctx = Arc::new(PassCtx {
@@ -365,7 +367,7 @@ impl Session {
             parts_done: 0,
             pass,
         };
-        report(progress);
+        reporter.report(progress)?;
 
         let mut pending = (1..=plan.count).rev().collect::<Vec<u32>>();
         let mut running = JoinSet::new();
@@ -407,7 +409,10 @@ impl Session {
                     first_error.get_or_insert(e);
                 }
             }
-            report(progress);
+            if let Err(e) = reporter.report(progress) {
+                ctx.stop.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
+            }
         }
         if let Some(e) = first_error {
             return Err(e);

@@ -564,3 +564,17 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn a_target_being_uploaded_elsewhere_is_refused() {
+    let bed = Bed::new(MemoryRemote::new()).await;
+    let path = bed.file("f", &data(1000, 17));
+    let held = bed.state.claim(&path, "bkt", "obj", 1000).unwrap();
+    let err = upload(&bed.engine(config()), &bed.spec(&path)).await.unwrap_err();
+    assert!(matches!(err, EngineError::State(StateError::Claimed { .. })), "{err}");
+    assert!(err.to_string().contains(&std::process::id().to_string()), "names the owner: {err}");
+    assert_eq!(bed.remote.count("PutObject"), 0);
+    held.release().unwrap();
+    upload(&bed.engine(config()), &bed.spec(&path)).await.unwrap();
+    assert!(bed.state.list_in_flight().unwrap().is_empty(), "the claim is released after success");
+}
