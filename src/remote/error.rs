@@ -205,10 +205,11 @@ impl RemoteError {
                     || matches!(s.status, 401 | 408 | 429)
                     || matches!(s.code.as_str(), "RequestTimeTooSkewed" | "BadRequest")
             }
-            RemoteError::Transport { .. } | RemoteError::ChecksumMismatch { .. } | RemoteError::BadResponse { .. } => {
-                true
-            }
-            RemoteError::LocalRead { .. }
+            RemoteError::Transport { .. } | RemoteError::ChecksumMismatch { .. } => true,
+            // A 2xx/4xx answer that is not OSS (an HTML page, a captive portal, the wrong service) will not
+            // improve by asking again; 5xx gateway pages are classified as service errors and retried.
+            RemoteError::BadResponse { .. }
+            | RemoteError::LocalRead { .. }
             | RemoteError::InvalidInput { .. }
             | RemoteError::RetriesExhausted { .. }
             | RemoteError::Cancelled { .. } => false,
