@@ -226,6 +226,28 @@ impl RemoteSettings {
     }
 }
 
+impl RemoteSettings {
+    /// Build the remote these settings describe. `None` when no endpoint is configured.
+    pub fn connect(&self) -> Result<Option<std::sync::Arc<dyn crate::remote::Remote>>, ConfigError> {
+        let Some(endpoint) = &self.endpoint else { return Ok(None) };
+        match self.protocol {
+            Dialect::Oss => {
+                let mut config = crate::remote::oss::OssConfig::new(endpoint.clone());
+                config.region = self.region.clone();
+                config.signature = self.signature;
+                config.credentials = self.credentials.clone();
+                config.path_style = self.path_style;
+                let client =
+                    crate::remote::oss::OssClient::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;
+                Ok(Some(std::sync::Arc::new(client)))
+            }
+            Dialect::S3 => {
+                Err(ConfigError::Missing("--protocol s3 is not available in this build yet; use --protocol oss".into()))
+            }
+        }
+    }
+}
+
 /// Everything the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {

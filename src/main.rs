@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            let usage = e.downcast_ref::<cmd::UsageError>().is_some();
+            let usage = e.downcast_ref::<cmd::UsageError>().is_some()
+                || e.downcast_ref::<ossmirror::config::ConfigError>().is_some();
             eprintln!("ossmirror: error: {e:#}");
             ExitCode::from(if usage { 2 } else { 1 })
         }

@@ -1,7 +1,237 @@
+//! `ossmirror cp LOCAL oss://BUCKET/KEY`: the SDKs' resumable upload as a command.
+//!
+//! Exit code 0 only when the object is verified (its CRC-64 equals the bytes read from an unchanged file).
+//! Ctrl-C stops gracefully: parts in flight finish and are checkpointed, so running the same command again
+//! resumes; with `--abort-on-cancel` the server-side upload is aborted and the checkpoint deleted instead.
+//! A second Ctrl-C exits at once (the checkpoint is still consistent: parts are recorded only once acked).
+
+use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use ossmirror::cli::CpArgs;
+use ossmirror::config::{FileConfig, ProcessEnv, RemoteSettings, state_dir};
+use ossmirror::engine::{Engine, EngineConfig, EngineError, Phase, Progress, UploadSpec};
+use ossmirror::remote::ObjectOptions;
+use ossmirror::state::StateDb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(_args: CpArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cp` is not built yet")
+use super::UsageError;
+
+pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
+    let (bucket, key) = parse_destination(&args.destination, &args.source)?;
+    let (file, file_path) = FileConfig::load(args.config.as_deref())?;
+    let settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
+    super::warn_secret_flag(&settings);
+    let remote = settings.connect()?.ok_or_else(|| {
+        UsageError(
+            "cp needs an endpoint: give --endpoint URL or set OSS_ENDPOINT (or `endpoint` in the config file)".into(),
+        )
+    })?;
+
+    let (state, keep_checkpoint) = if args.no_checkpoint {
+        (StateDb::open_in_memory()?, false)
+    } else {
+        let path = args.checkpoint_db.clone().unwrap_or_else(|| state_dir(&ProcessEnv).join("cp.db"));
+        let db_path = path.clone();
+        let (state, report) = tokio::task::spawn_blocking(move || StateDb::open(&db_path))
+            .await
+            .context("opening the checkpoint database")??;
+        if let Some(q) = report.quarantined {
+            tracing::warn!(moved_to = %q.moved_to.display(), reason = %q.reason, "checkpoint database was damaged; started a fresh one");
+            for upload in q.salvaged_uploads.iter().filter(|u| u.bucket == bucket && u.key == key) {
+                if let Err(e) = remote.abort_multipart(&upload.bucket, &upload.key, &upload.upload_id).await {
+                    tracing::warn!(upload_id = %upload.upload_id, error = %e, "could not abort an upload from the damaged checkpoint database");
+                }
+            }
+        }
+        (state, true)
+    };
+
+    let mut config = EngineConfig { keep_checkpoint, ..EngineConfig::default() };
+    if let Some(size) = args.part_size {
+        config.part_size = size.bytes();
+        config.multipart_threshold = size.bytes();
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    let engine = Engine::new(remote, state, config).map_err(|e| UsageError(e.to_string()))?;
+    let spec = UploadSpec {
+        path: args.source.clone(),
+        bucket: bucket.clone(),
+        key: key.clone(),
+        options: object_options(&args)?,
+    };
+
+    let cancel = CancellationToken::new();
+    let ctrl_c = tokio::spawn(watch_ctrl_c(cancel.clone()));
+    let (progress_tx, progress_rx) = watch::channel(Progress::default());
+    let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| spawn_progress_bar(progress_rx));
+
+    let result = engine.upload(&spec, Some(&progress_tx), &cancel).await;
+    ctrl_c.abort();
+    if let Some(bar) = bar {
+        bar.abort();
+        eprintln!();
+    }
+    match result {
+        Ok(outcome) => {
+            println!(
+                "uploaded {} to oss://{bucket}/{key}: {} bytes, CRC-64 {}, ETag {} ({} parts sent, {} reused{})",
+                args.source.display(),
+                outcome.size,
+                outcome.crc64,
+                outcome.etag,
+                outcome.parts_sent,
+                outcome.parts_reused,
+                if outcome.resumed { ", resumed" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(EngineError::Cancelled { kept, .. }) => {
+            if args.abort_on_cancel && kept {
+                let aborted = engine.abort(&spec).await?;
+                eprintln!(
+                    "ossmirror: cancelled; {}",
+                    if aborted {
+                        "the server-side upload was aborted and the checkpoint deleted"
+                    } else {
+                        "nothing to resume"
+                    }
+                );
+            } else if kept {
+                eprintln!("ossmirror: cancelled; run the same command again to resume");
+            } else {
+                eprintln!("ossmirror: cancelled; the server-side upload was aborted");
+            }
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("uploading {} to oss://{bucket}/{key}", args.source.display())))
+        }
+    }
+}
+
+/// `oss://bucket/key`; a key ending in `/` (or none) gets the source file name appended.
+fn parse_destination(destination: &str, source: &Path) -> Result<(String, String), UsageError> {
+    let rest = destination
+        .strip_prefix("oss://")
+        .or_else(|| destination.strip_prefix("s3://"))
+        .ok_or_else(|| UsageError(format!("destination {destination:?} must look like oss://BUCKET/KEY")))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(UsageError(format!("destination {destination:?} has no bucket: use oss://BUCKET/KEY")));
+    }
+    let key = if key.is_empty() || key.ends_with('/') {
+        let name = source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| UsageError(format!("{} has no UTF-8 file name: give the full key", source.display())))?;
+        format!("{key}{name}")
+    } else {
+        key.to_string()
+    };
+    Ok((bucket.to_string(), key))
+}
+
+fn object_options(args: &CpArgs) -> Result<ObjectOptions, UsageError> {
+    let mut metadata = Vec::new();
+    for pair in &args.meta {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--meta {pair:?}: expected NAME=VALUE, e.g. --meta author=alice")))?;
+        metadata.push((k.trim().to_string(), v.to_string()));
+    }
+    let content_type =
+        args.content_type.clone().or_else(|| mime_guess::from_path(&args.source).first_raw().map(str::to_string));
+    Ok(ObjectOptions {
+        content_type,
+        metadata,
+        acl: args.acl.clone(),
+        storage_class: args.storage_class.clone(),
+        ..ObjectOptions::default()
+    })
+}
+
+/// First Ctrl-C: cancel gracefully. Second: leave now.
+async fn watch_ctrl_c(cancel: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!("\nossmirror: stopping after the parts in flight (Ctrl-C again to quit now)");
+    cancel.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
+fn spawn_progress_bar(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow();
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.done_bytes);
+            bar.set_message(match p.phase {
+                Phase::Starting => "starting".to_string(),
+                Phase::Uploading if p.pass > 1 => format!("pass {}", p.pass),
+                Phase::Uploading => "uploading".to_string(),
+                Phase::Completing => "completing".to_string(),
+                Phase::Done => "done".to_string(),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn destinations() {
+        let src = PathBuf::from("/tmp/data.bin");
+        assert_eq!(parse_destination("oss://b/k", &src).unwrap(), ("b".into(), "k".into()));
+        assert_eq!(parse_destination("oss://b/dir/", &src).unwrap(), ("b".into(), "dir/data.bin".into()));
+        assert_eq!(parse_destination("oss://b", &src).unwrap(), ("b".into(), "data.bin".into()));
+        assert!(parse_destination("b/k", &src).unwrap_err().0.contains("oss://BUCKET/KEY"));
+        assert!(parse_destination("oss:///k", &src).is_err());
+    }
+
+    #[test]
+    fn metadata_and_content_type() {
+        let args = CpArgs {
+            source: PathBuf::from("photo.jpg"),
+            destination: "oss://b/k".into(),
+            part_size: None,
+            threads: None,
+            checkpoint_db: None,
+            no_checkpoint: false,
+            content_type: None,
+            meta: vec!["author=alice".into(), "note=a=b".into()],
+            acl: None,
+            storage_class: None,
+            abort_on_cancel: false,
+            no_progress: false,
+            remote: Default::default(),
+            config: None,
+        };
+        let o = object_options(&args).unwrap();
+        assert_eq!(o.content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(o.metadata, vec![("author".into(), "alice".into()), ("note".into(), "a=b".into())]);
+        let bad = CpArgs { meta: vec!["novalue".into()], ..args };
+        assert!(object_options(&bad).unwrap_err().0.contains("NAME=VALUE"));
+    }
 }

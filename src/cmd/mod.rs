@@ -10,3 +10,13 @@ pub mod verify;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// A secret on the command line is visible to every user in `ps`: say so, once.
+pub fn warn_secret_flag(settings: &ossmirror::config::RemoteSettings) {
+    if settings.secret_from_flag {
+        tracing::warn!(
+            "the access key secret was given as a command-line flag, which other users can read in `ps`; \
+             prefer OSS_ACCESS_KEY_SECRET in the environment or an EnvironmentFile"
+        );
+    }
+}

@@ -286,6 +286,18 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// Abort the server-side upload recorded for `spec` and delete its checkpoint (`cp --abort-on-cancel`).
+    /// Returns whether there was one.
+    pub async fn abort(&self, spec: &UploadSpec) -> Result<bool, EngineError> {
+        match self.inner.state.find_checkpoint(&spec.path, &spec.bucket, &spec.key)? {
+            Some(checkpoint) => {
+                multipart::discard_checkpoint(&self.inner, &checkpoint, "cancelled by the user").await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Read the whole (small) file into memory under an unchanged snapshot, then PutObject it. The bytes
     /// sent are always one consistent version of the file; if the file changed meanwhile, go again.
     async fn single_put(
