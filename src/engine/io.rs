@@ -170,18 +170,28 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bo
     Ok(true)
 }
 
-/// BLAKE3 of `len` bytes at `offset`; `None` if the file is shorter than that now.
+/// The checksums of one part's bytes as they are on disk now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PartHashes {
+    pub blake3: Blake3,
+    pub crc64: u64,
+    pub crc64nvme: u64,
+}
+
+/// BLAKE3 and both CRC-64s of `len` bytes at `offset`; `None` if the file is shorter than that now.
 pub(super) async fn hash_range(
     path: &Path,
     file: &Arc<File>,
     offset: u64,
     len: u64,
-) -> Result<Option<Blake3>, EngineError> {
+) -> Result<Option<PartHashes>, EngineError> {
     let file = file.clone();
     let owned = path.to_path_buf();
     blocking(path, move || {
         const CHUNK: usize = 1 << 20;
         let mut hasher = blake3::Hasher::new();
+        let mut crc = crate::checksum::Crc64::new();
+        let mut nvme = crate::checksum::Crc64Nvme::new();
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut pos = offset;
         let end = offset + len;
@@ -191,9 +201,11 @@ pub(super) async fn hash_range(
                 return Ok(None);
             }
             hasher.update(&buf[..n]);
+            crc.update(&buf[..n]);
+            nvme.update(&buf[..n]);
             pos += n as u64;
         }
-        Ok(Some(*hasher.finalize().as_bytes()))
+        Ok(Some(PartHashes { blake3: *hasher.finalize().as_bytes(), crc64: crc.finish(), crc64nvme: nvme.finish() }))
     })
     .await
 }
@@ -225,7 +237,13 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let opened = open_regular(&path).await.unwrap();
         let h = hash_range(&path, &opened.file, 1000, 2_500_000).await.unwrap();
-        assert_eq!(h, Some(crate::checksum::blake3(&data[1000..2_501_000])));
+        let part = &data[1000..2_501_000];
+        let expected = PartHashes {
+            blake3: crate::checksum::blake3(part),
+            crc64: crate::checksum::crc64(part),
+            crc64nvme: crate::checksum::crc64nvme(part),
+        };
+        assert_eq!(h, Some(expected));
         assert_eq!(hash_range(&path, &opened.file, 2_999_000, 5000).await.unwrap(), None);
         let read = read_consistent(&path, &opened, opened.snapshot).await.unwrap().unwrap();
         assert_eq!(read.len(), data.len());

@@ -24,7 +24,7 @@ use super::{
     EngineError, EngineStats, Inner, Phase, Progress, Reporter, UploadOutcome, UploadSpec, options_fingerprint,
     synced_record,
 };
-use crate::checksum::crc64_fold;
+use crate::checksum::{crc64_fold, crc64nvme_fold};
 use crate::remote::{Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts};
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
@@ -88,6 +88,9 @@ pub(super) struct Session {
     parts: BTreeMap<u32, PartRecord>,
     /// Part numbers the server holds (or held) for this upload id, trusted or not.
     on_server: BTreeSet<u32>,
+    /// CRC-64/NVME of each trusted part, from the bytes sent or re-hashed in the current pass (checkpoints
+    /// record only CRC-64/XZ; a part kept on resume is re-hashed anyway).
+    part_nvme: BTreeMap<u32, u64>,
     resumed: bool,
     parts_sent: u64,
     parts_reused: u64,
@@ -198,6 +201,7 @@ impl Session {
             fingerprint: fingerprint.to_string(),
             parts,
             on_server: listed.keys().copied().collect(),
+            part_nvme: BTreeMap::new(),
             resumed: true,
             parts_sent: 0,
             parts_reused: 0,
@@ -248,6 +252,7 @@ impl Session {
             fingerprint,
             parts: BTreeMap::new(),
             on_server: BTreeSet::new(),
+            part_nvme: BTreeMap::new(),
             resumed: false,
             parts_sent: 0,
             parts_reused: 0,
@@ -389,13 +394,15 @@ impl Session {
                 })
             });
             match result {
-                Ok(PartOutcome::Kept(rec)) => {
+                Ok(PartOutcome::Kept(rec, nvme)) => {
+                    self.part_nvme.insert(rec.part_number, nvme);
                     self.parts_reused += 1;
                     EngineStats::add(&self.inner.stats.parts_reused, 1);
                     progress.done_bytes += rec.size;
                     progress.parts_done += 1;
                 }
-                Ok(PartOutcome::Sent(rec)) => {
+                Ok(PartOutcome::Sent(rec, nvme)) => {
+                    self.part_nvme.insert(rec.part_number, nvme);
                     self.parts_sent += 1;
                     self.bytes_sent += rec.size;
                     self.on_server.insert(rec.part_number);
@@ -436,8 +443,18 @@ impl Session {
         let parts: Vec<PartRecord> = (1..=plan.count).filter_map(|n| self.parts.get(&n).cloned()).collect();
         debug_assert_eq!(parts.len(), plan.count as usize, "a clean pass leaves every part trusted");
         let expected_crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
-        let list: Vec<CompletedPart> =
-            parts.iter().map(|p| CompletedPart { part_number: p.part_number, etag: p.etag.clone() }).collect();
+        let nvme = |n: u32| self.part_nvme.get(&n).copied().unwrap_or_default();
+        let expected_nvme = crc64nvme_fold(parts.iter().map(|p| (nvme(p.part_number), p.size)));
+        let list: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| CompletedPart {
+                part_number: p.part_number,
+                etag: p.etag.clone(),
+                size: p.size,
+                crc64: p.crc64,
+                crc64nvme: nvme(p.part_number),
+            })
+            .collect();
         let options = CompleteOptions {
             acl: self.spec.options.acl.clone(),
             forbid_overwrite: self.spec.options.forbid_overwrite,
@@ -447,15 +464,18 @@ impl Session {
         let (bucket, key) = (self.spec.bucket.clone(), self.spec.key.clone());
         let remote_err = |source| EngineError::Remote { key: key.clone(), source };
 
-        let (etag, server_crc) = match remote.complete_multipart(&bucket, &key, &self.upload_id, &list, &options).await
-        {
-            Ok(done) => (done.etag, done.crc64),
+        let completed = remote.complete_multipart(&bucket, &key, &self.upload_id, &list, &options).await;
+        let (etag, server_crc, server_nvme) = match completed {
+            Ok(done) => (done.etag, done.crc64, done.crc64nvme),
             Err(e) if e.is_no_such_upload() => {
                 // A Complete whose answer was lost may have succeeded: the object tells.
                 match remote.head_object(&bucket, &key).await.map_err(remote_err)? {
-                    Some(info) if info.size == plan.size && info.crc64 == Some(expected_crc) => {
+                    Some(info)
+                        if info.size == plan.size
+                            && (info.crc64 == Some(expected_crc) || info.crc64nvme == Some(expected_nvme)) =>
+                    {
                         tracing::info!(%key, upload_id = %self.upload_id, "upload had already been completed");
-                        (info.etag, info.crc64)
+                        (info.etag, info.crc64, info.crc64nvme)
                     }
                     _ => {
                         tracing::warn!(%key, upload_id = %self.upload_id, "upload vanished before Complete; starting a new one");
@@ -478,19 +498,29 @@ impl Session {
             Err(e) => return Err(remote_err(e)),
         };
 
-        let server_crc = match server_crc {
-            Some(crc) => Some(crc),
-            None if self.inner.remote.capabilities().object_crc64 => {
-                remote.head_object(&bucket, &key).await.map_err(remote_err)?.and_then(|info| info.crc64)
-            }
-            // A remote without object CRC-64 verifies the completed object itself before answering Ok.
-            None => Some(expected_crc),
+        // The object's checksum, in whichever CRC this server confirms, must equal the parts combined.
+        let caps = self.inner.remote.capabilities();
+        let mismatch = if caps.object_crc64 {
+            let server = match server_crc {
+                Some(crc) => Some(crc),
+                None => remote.head_object(&bucket, &key).await.map_err(remote_err)?.and_then(|i| i.crc64),
+            };
+            (server != Some(expected_crc)).then_some((expected_crc, server))
+        } else if caps.object_crc64nvme {
+            let server = match server_nvme {
+                Some(crc) => Some(crc),
+                None => remote.head_object(&bucket, &key).await.map_err(remote_err)?.and_then(|i| i.crc64nvme),
+            };
+            (server != Some(expected_nvme)).then_some((expected_nvme, server))
+        } else {
+            // A remote with neither verified the completed object itself before answering Ok.
+            None
         };
-        if server_crc != Some(expected_crc) {
+        if let Some((local, server)) = mismatch {
             // The upload id is consumed either way; the object is wrong and must not be called synced.
             self.inner.state.delete_upload(self.row)?;
             self.inner.state.forget_synced(&bucket, &key)?;
-            return Err(EngineError::Integrity { key, local: expected_crc, server: server_crc });
+            return Err(EngineError::Integrity { key, local, server });
         }
         EngineStats::add(&self.inner.stats.uploads_completed, 1);
         let outcome = UploadOutcome {
@@ -527,10 +557,11 @@ struct PassCtx {
     stop: AtomicBool,
 }
 
+/// A finished part, with its CRC-64/NVME.
 enum PartOutcome {
     /// The server already holds these exact bytes.
-    Kept(PartRecord),
-    Sent(PartRecord),
+    Kept(PartRecord, u64),
+    Sent(PartRecord, u64),
     /// Not attempted (the pass is already known to be dirty or stopping).
     Skipped,
 }
@@ -569,7 +600,11 @@ impl PassCtx {
             EngineStats::add(&self.inner.stats.bytes_hashed, len);
             match io::hash_range(&self.spec.path, &self.file, offset, len).await? {
                 None => return Ok(self.mark_changed(number)),
-                Some(hash) if hash == rec.blake3 => return Ok(PartOutcome::Kept(rec)),
+                // Same bytes (BLAKE3), and the recorded CRC agrees with them: a record that disagrees with
+                // itself is not trusted, the part is simply sent again.
+                Some(h) if h.blake3 == rec.blake3 && h.crc64 == rec.crc64 => {
+                    return Ok(PartOutcome::Kept(rec, h.crc64nvme));
+                }
                 Some(_) => {}
             }
         }
@@ -599,6 +634,6 @@ impl PassCtx {
         };
         self.inner.state.record_part(self.row, &rec)?;
         tracing::debug!(key = %self.spec.key, upload_id = %self.upload_id, part = number, size = len, "part uploaded");
-        Ok(PartOutcome::Sent(rec))
+        Ok(PartOutcome::Sent(rec, part.digest.crc64nvme))
     }
 }

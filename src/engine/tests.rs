@@ -244,7 +244,7 @@ async fn truncate_during_upload(capabilities: Capabilities) -> (Bed, Engine, Vec
 
 #[tokio::test]
 async fn truncate_leaves_extra_parts_out_where_the_server_allows_it() {
-    let caps = Capabilities { object_crc64: true, complete_with_part_subset: true };
+    let caps = Capabilities { object_crc64: true, object_crc64nvme: true, complete_with_part_subset: true };
     let (bed, engine, expected, out) = truncate_during_upload(caps).await;
     assert_eq!(bed.object(), expected);
     assert_eq!(bed.remote.count("InitiateMultipartUpload"), 1);
@@ -255,7 +255,7 @@ async fn truncate_leaves_extra_parts_out_where_the_server_allows_it() {
 
 #[tokio::test]
 async fn truncate_restarts_cleanly_where_the_server_wants_every_part() {
-    let caps = Capabilities { object_crc64: true, complete_with_part_subset: false };
+    let caps = Capabilities { object_crc64: true, object_crc64nvme: true, complete_with_part_subset: false };
     let (bed, engine, expected, _) = truncate_during_upload(caps).await;
     assert_eq!(bed.object(), expected);
     assert_eq!(bed.remote.count("InitiateMultipartUpload"), 2, "a fresh upload after the refused Complete");
@@ -529,7 +529,7 @@ proptest::proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let caps = Capabilities { object_crc64: true, complete_with_part_subset: subset_ok };
+            let caps = Capabilities { object_crc64: true, object_crc64nvme: true, complete_with_part_subset: subset_ok };
             let bed = Bed::new(MemoryRemote::with_capabilities(caps)).await;
             let mut model = data(initial as usize, initial);
             let path = bed.file("f", &model);
@@ -577,4 +577,25 @@ async fn a_target_being_uploaded_elsewhere_is_refused() {
     held.release().unwrap();
     upload(&bed.engine(config()), &bed.spec(&path)).await.unwrap();
     assert!(bed.state.list_in_flight().unwrap().is_empty(), "the claim is released after success");
+}
+
+/// A server that confirms only CRC-64/NVME (the S3 dialect): resumed parts contribute the NVME CRC of
+/// their re-hashed bytes, and a wrong object is still caught.
+#[tokio::test]
+async fn crc64nvme_servers_are_verified_too() {
+    let caps = Capabilities { object_crc64: false, object_crc64nvme: true, complete_with_part_subset: true };
+    let bed = Bed::new(MemoryRemote::with_capabilities(caps)).await;
+    let content = data((PART * 5 + 99) as usize, 18);
+    let path = bed.file("big", &content);
+    let spec = bed.spec(&path);
+    run_until_crash(&bed.engine(config()), &spec, crash_at_part(&bed.remote, 4)).await;
+    bed.remote.clear_hook();
+    let out = upload(&bed.engine(config()), &spec).await.unwrap();
+    assert_eq!((out.parts_reused, out.parts_sent), (3, 3));
+    assert_eq!(bed.object(), content);
+
+    let other = bed.file("other", &data((PART * 3) as usize, 19));
+    bed.remote.corrupt_stored_parts(true);
+    let err = upload(&bed.engine(config()), &bed.spec(&other)).await.unwrap_err();
+    assert!(matches!(err, EngineError::Integrity { .. }), "{err}");
 }

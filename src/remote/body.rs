@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::checksum::{Blake3, Crc64};
+use crate::checksum::{Blake3, Crc64, Crc64Nvme};
 
 /// Size of the chunks read from disk and handed to the HTTP stack.
 const CHUNK: usize = 256 * 1024;
@@ -37,20 +37,25 @@ pub enum Body {
     File(FileRange),
 }
 
-/// Length and checksums of the bytes one attempt sent.
+/// Length and checksums of the bytes one attempt sent: CRC-64/XZ (what OSS confirms), CRC-64/NVME (what S3
+/// servers confirm), and BLAKE3 (what checkpoints record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyDigest {
     pub len: u64,
     pub crc64: u64,
+    pub crc64nvme: u64,
     pub blake3: Blake3,
 }
 
 impl BodyDigest {
     /// Digest of an in-memory buffer.
     pub fn of(data: &[u8]) -> Self {
-        let mut crc = Crc64::new();
-        crc.update(data);
-        BodyDigest { len: data.len() as u64, crc64: crc.finish(), blake3: crate::checksum::blake3(data) }
+        BodyDigest {
+            len: data.len() as u64,
+            crc64: crate::checksum::crc64(data),
+            crc64nvme: crate::checksum::crc64nvme(data),
+            blake3: crate::checksum::blake3(data),
+        }
     }
 }
 
@@ -134,6 +139,7 @@ fn file_stream(range: FileRange, slot: DigestSlot) -> ChunkStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
         let mut crc = Crc64::new();
+        let mut nvme = Crc64Nvme::new();
         let mut b3 = blake3::Hasher::new();
         let mut pos = range.offset;
         let end = range.offset + range.len;
@@ -161,6 +167,7 @@ fn file_stream(range: FileRange, slot: DigestSlot) -> ChunkStream {
                 }
             }
             crc.update(&buf);
+            nvme.update(&buf);
             b3.update(&buf);
             pos += want as u64;
             if pos == end {
@@ -169,6 +176,7 @@ fn file_stream(range: FileRange, slot: DigestSlot) -> ChunkStream {
                 slot.set(SlotState::Done(BodyDigest {
                     len: range.len,
                     crc64: crc.finish(),
+                    crc64nvme: nvme.finish(),
                     blake3: *b3.finalize().as_bytes(),
                 }));
             }

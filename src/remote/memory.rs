@@ -122,7 +122,11 @@ impl Default for MemoryRemote {
 
 impl MemoryRemote {
     pub fn new() -> Self {
-        Self::with_capabilities(Capabilities { object_crc64: true, complete_with_part_subset: true })
+        Self::with_capabilities(Capabilities {
+            object_crc64: true,
+            object_crc64nvme: true,
+            complete_with_part_subset: true,
+        })
     }
 
     /// `complete_with_part_subset: false` makes Complete refuse a part list that leaves out uploaded parts
@@ -576,7 +580,8 @@ impl Remote for MemoryRemote {
                 modified: SystemTime::now(),
             },
         );
-        Ok(CompleteResult { etag, crc64: Some(crc), request_id: None })
+        let nvme = crate::checksum::crc64nvme(&w.buckets[bucket][key].data);
+        Ok(CompleteResult { etag, crc64: Some(crc), crc64nvme: Some(nvme), request_id: None })
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), RemoteError> {
@@ -610,6 +615,7 @@ fn info_of(key: &str, o: &StoredObject) -> ObjectInfo {
         size: o.data.len() as u64,
         etag: o.etag.clone(),
         crc64: Some(o.crc64),
+        crc64nvme: Some(crate::checksum::crc64nvme(&o.data)),
         last_modified: Some(o.modified),
         content_type: o.options.content_type.clone(),
         metadata: o.options.metadata.clone(),

@@ -34,10 +34,16 @@ pub enum Dialect {
 }
 
 /// What a remote can confirm about stored bytes; the engine picks its final check from this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The engine requires the whole object's checksum to equal the parts it sent, combined: CRC-64/XZ when
+/// `object_crc64`, else CRC-64/NVME when `object_crc64nvme`. A remote with neither must verify the completed
+/// object itself (for example against the parts' MD5 ETags) before `complete_multipart` answers `Ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// The server reports the whole object's CRC-64/XZ (OSS `x-oss-hash-crc64ecma`) on Complete and HEAD.
     pub object_crc64: bool,
+    /// The server reports the whole object's CRC-64/NVME (S3 full-object `x-amz-checksum-crc64nvme`).
+    pub object_crc64nvme: bool,
     /// Completing with a subset of the uploaded parts is known to work on this server.
     pub complete_with_part_subset: bool,
 }
@@ -93,6 +99,8 @@ pub struct ObjectInfo {
     pub etag: String,
     /// Whole-object CRC-64/XZ, when the server has one (copies and old objects may not).
     pub crc64: Option<u64>,
+    /// Whole-object CRC-64/NVME, when an S3 server reports one.
+    pub crc64nvme: Option<u64>,
     pub last_modified: Option<SystemTime>,
     pub content_type: Option<String>,
     pub metadata: Vec<(String, String)>,
@@ -198,11 +206,15 @@ pub struct ListUploadsPage {
     pub next_markers: Option<(String, String)>,
 }
 
-/// One `<Part>` of a CompleteMultipartUpload body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `<Part>` of a CompleteMultipartUpload body, with what the engine knows of its bytes (a dialect
+/// sends what its protocol needs: OSS only number and ETag, S3 also the part checksum).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CompletedPart {
     pub part_number: u32,
     pub etag: String,
+    pub size: u64,
+    pub crc64: u64,
+    pub crc64nvme: u64,
 }
 
 /// Options for CompleteMultipartUpload (OSS takes the ACL here, as the SDKs send it).
@@ -217,6 +229,8 @@ pub struct CompleteResult {
     pub etag: String,
     /// Whole-object CRC-64/XZ, when the server reports one.
     pub crc64: Option<u64>,
+    /// Whole-object CRC-64/NVME, when an S3 server reports one.
+    pub crc64nvme: Option<u64>,
     pub request_id: Option<String>,
 }
 

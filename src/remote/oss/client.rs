@@ -485,6 +485,7 @@ impl OssClient {
                 read_timeout: config.read_timeout,
                 capabilities: Capabilities {
                     object_crc64: true,
+                    object_crc64nvme: false,
                     complete_with_part_subset: config.complete_with_part_subset,
                 },
                 clock_offset_ms: AtomicI64::new(0),
@@ -1250,7 +1251,7 @@ impl Remote for OssClient {
         call.read = ReadBody::Xml;
         self.execute(call, |reply| {
             let etag = reply.xml(xml::parse_complete)?;
-            Ok(CompleteResult { etag, crc64: reply.crc64()?, request_id: reply.request_id.clone() })
+            Ok(CompleteResult { etag, crc64: reply.crc64()?, crc64nvme: None, request_id: reply.request_id.clone() })
         })
         .await
     }

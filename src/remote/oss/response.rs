@@ -237,6 +237,7 @@ pub fn object_info(reply: &Reply, key: &str, size: u64) -> Result<ObjectInfo, Re
         size,
         etag: etag.to_string(),
         crc64: reply.crc64()?,
+        crc64nvme: None,
         last_modified: reply.header("last-modified").and_then(timefmt::parse_rfc1123),
         content_type: text("content-type"),
         metadata,

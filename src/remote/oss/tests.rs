@@ -909,8 +909,8 @@ async fn multipart_lifecycle_requests() {
             "big file",
             &id,
             &[
-                CompletedPart { part_number: 1, etag: part.etag.clone() },
-                CompletedPart { part_number: 2, etag: copy.etag.clone() },
+                CompletedPart { part_number: 1, etag: part.etag.clone(), ..Default::default() },
+                CompletedPart { part_number: 2, etag: copy.etag.clone(), ..Default::default() },
             ],
             &CompleteOptions { acl: Some("public-read".into()), forbid_overwrite: true },
         )
@@ -959,8 +959,10 @@ async fn multipart_lifecycle_requests() {
 
     // Checked before anything is sent.
     let before = mock.requests();
-    let bad_order =
-        [CompletedPart { part_number: 2, etag: "a".into() }, CompletedPart { part_number: 1, etag: "b".into() }];
+    let bad_order = [
+        CompletedPart { part_number: 2, etag: "a".into(), ..Default::default() },
+        CompletedPart { part_number: 1, etag: "b".into(), ..Default::default() },
+    ];
     assert!(c.complete_multipart(BUCKET, "k", &id, &bad_order, &CompleteOptions::default()).await.is_err());
     assert!(c.complete_multipart(BUCKET, "k", &id, &[], &CompleteOptions::default()).await.is_err());
     assert!(c.upload_part(BUCKET, "k", &id, 10_001, bytes(b"x")).await.is_err());

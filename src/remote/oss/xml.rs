@@ -648,8 +648,8 @@ mod tests {
         assert_eq!(back, vec!["a&b<c>.txt", "quote\"'s"]);
 
         let parts = vec![
-            CompletedPart { part_number: 1, etag: "\"3349DC700140D7F86A0784842780ABCD\"".into() },
-            CompletedPart { part_number: 5, etag: "\"7265F4D211B56873A381D321F586ABCD\"".into() },
+            CompletedPart { part_number: 1, etag: "\"3349DC700140D7F86A0784842780ABCD\"".into(), ..Default::default() },
+            CompletedPart { part_number: 5, etag: "\"7265F4D211B56873A381D321F586ABCD\"".into(), ..Default::default() },
         ];
         let body = complete_body(&parts);
         let root = parse_root(body.as_bytes(), "CompleteMultipartUpload").unwrap();
