@@ -9,6 +9,7 @@
 pub mod checksum;
 pub mod cli;
 pub mod remote;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod timefmt;
