@@ -894,7 +894,8 @@ async fn copy_object(shared: &Shared, ctx: &Ctx) -> OpResult {
     w.elem("LastModified", &timefmt::xml_date(timefmt::from_unix_secs(record.mtime)))
         .elem("ETag", &quoted(&record.etag));
     let xml = w.finish();
-    let mut b = Response::builder().status(StatusCode::OK);
+    // The ETag also travels as a header: oss2 reads a copy's ETag from there.
+    let mut b = Response::builder().status(StatusCode::OK).header(header::ETAG, quoted(&record.etag));
     if let Some(crc) = record.crc64 {
         b = b.header("x-oss-hash-crc64ecma", crc.to_string());
     }
@@ -1061,6 +1062,7 @@ async fn upload_part_copy(shared: &Shared, ctx: &Ctx) -> OpResult {
     let xml = w.finish();
     Response::builder()
         .status(StatusCode::OK)
+        .header(header::ETAG, quoted(&part.etag))
         .header("x-oss-hash-crc64ecma", part.crc64.to_string())
         .header(header::CONTENT_TYPE, "application/xml")
         .header(header::CONTENT_LENGTH, xml.len().to_string())
