@@ -37,9 +37,29 @@ pub struct ConnCtl {
     pub reset: CancellationToken,
 }
 
-/// The client broke the body (disconnected, bad chunking, short body).
+/// How long a request body may stall before the request is answered `400 RequestTimeout` (a client that
+/// stops sending must not hold a connection and a temp file forever).
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The client broke the body (disconnected, bad chunking, short body) or stopped sending it.
 #[derive(Debug)]
-pub struct BodyError(#[allow(dead_code)] pub hyper::Error);
+pub enum BodyError {
+    Client(#[allow(dead_code)] hyper::Error),
+    Stalled,
+}
+
+impl BodyError {
+    pub fn to_oss(&self) -> OssError {
+        match self {
+            BodyError::Client(_) => OssError::incomplete_body(),
+            BodyError::Stalled => OssError::new(
+                http::StatusCode::BAD_REQUEST,
+                "RequestTimeout",
+                "Your socket connection to the server was not read from or written to within the timeout period.",
+            ),
+        }
+    }
+}
 
 /// A request body being consumed, with exact byte accounting and fault resets.
 pub struct RequestBody {
@@ -86,14 +106,18 @@ impl RequestBody {
                 }
                 return Ok(None);
             };
-            let frame = match body.frame().await {
+            let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
+                self.body = None;
+                return Err(BodyError::Stalled);
+            };
+            let frame = match frame {
                 None => {
                     self.body = None;
                     continue;
                 }
                 Some(Err(e)) => {
                     self.body = None;
-                    return Err(BodyError(e));
+                    return Err(BodyError::Client(e));
                 }
                 Some(Ok(frame)) => frame,
             };
@@ -117,7 +141,7 @@ impl RequestBody {
     /// Read a small body (XML) into memory; `limit` guards against absurd requests.
     pub async fn read_to_vec(&mut self, limit: usize) -> Result<Vec<u8>, OssError> {
         let mut out = Vec::new();
-        while let Some(chunk) = self.chunk().await.map_err(|_| OssError::incomplete_body())? {
+        while let Some(chunk) = self.chunk().await.map_err(|e| e.to_oss())? {
             if out.len() + chunk.len() > limit {
                 return Err(OssError::invalid_argument(format!("The request body is larger than {limit} bytes.")));
             }
@@ -171,8 +195,8 @@ pub async fn receive_blob(store: &Store, body: &mut RequestBody, max: u64) -> Re
                 let _ = tx.send(Msg::End).await;
                 break;
             }
-            Err(_) => {
-                outcome = Err(OssError::incomplete_body());
+            Err(e) => {
+                outcome = Err(e.to_oss());
                 break;
             }
         }

@@ -120,7 +120,7 @@ pub struct PartRecord {
 /// A listing entry: an object or a rolled-up common prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListEntry {
-    Object(ObjectRecord),
+    Object(Box<ObjectRecord>),
     Prefix(String),
 }
 
@@ -518,6 +518,7 @@ impl Store {
 
     /// CopyObject: the destination references the source's blobs. `make_meta` sees the source (for
     /// conditions and the metadata directive) and may refuse.
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_object(
         &self,
         src_bucket: &str,
@@ -669,7 +670,7 @@ impl Store {
                     page.truncated = true;
                     break 'outer;
                 }
-                page.entries.push(ListEntry::Object(object_from_row(bucket, key.clone(), row)?));
+                page.entries.push(ListEntry::Object(Box::new(object_from_row(bucket, key.clone(), row)?)));
                 // The smallest key after this one.
                 lower = key;
                 lower.push(0);
@@ -1060,14 +1061,19 @@ impl Store {
     }
 }
 
-/// A test-only way to die at an exact point of a commit, as a SIGKILL would.
-/// Enabled by the environment variable `OSSMIRROR_SERVE_CRASH_AT=<point>` (read once per process).
+/// A test-only way to die at an exact point of a commit: the process SIGKILLs itself, exactly what a crash
+/// or `kill -9` at that instant does. Enabled by the environment variable `OSSMIRROR_SERVE_CRASH_AT=<point>`
+/// (read once per process); the points are `blob_durable` (a received blob is in `data/`, not yet
+/// committed), `complete_before_commit` and `complete_after_commit`.
 fn crash_point(point: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let wanted = WANTED.get_or_init(|| std::env::var("OSSMIRROR_SERVE_CRASH_AT").ok());
     if wanted.as_deref() == Some(point) {
-        tracing::warn!(point, "crash point reached: aborting the process");
-        std::process::abort();
+        tracing::warn!(point, "crash point reached: killing the process");
+        // SAFETY: signalling our own process; SIGKILL cannot be caught, so nothing runs after it.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }
 

@@ -27,7 +27,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,13 +138,7 @@ impl ServerProcess {
         let log = std::fs::File::create(&log_path).expect("create the server log");
         let listen = options.listen.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--root")
-            .arg(&root)
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--address-file")
-            .arg(&addr_file);
+        cmd.arg("serve").arg("--root").arg(&root).arg("--listen").arg(&listen).arg("--address-file").arg(&addr_file);
         if let Some((id, secret)) = &options.credentials {
             cmd.arg("--access-key-id").arg(id).env("OSSMIRROR_SERVE_SECRET", secret);
         }
@@ -367,10 +361,22 @@ pub fn http(
 
 /// Send raw bytes and parse the answer.
 pub fn send_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
+    send_raw_inner(addr, request, false)
+}
+
+/// Send raw bytes, then shut down the write side (the server sees the end of the stream, e.g. in the
+/// middle of a body), and parse the answer.
+pub fn send_raw_then_close(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
+    send_raw_inner(addr, request, true)
+}
+
+fn send_raw_inner(addr: SocketAddr, request: &[u8], close_write: bool) -> std::io::Result<RawResponse> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     stream.write_all(request)?;
-    let _ = stream.shutdown(Shutdown::Write);
+    if close_write {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -384,14 +390,11 @@ fn parse_response(raw: &[u8]) -> std::io::Result<RawResponse> {
     let status_line = lines.next().ok_or_else(|| bad("empty answer"))?;
     let status: u16 =
         status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked =
+        headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
