@@ -16,9 +16,9 @@ use hyper::body::{Frame, Incoming};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::error::OssError;
+use super::error::{OssError, ServerError};
 use super::faults::Faults;
-use super::store::{NewBlob, Piece, Pin, Store};
+use super::store::{BlobWriter, Hasher, NewBlob, Piece, Pin, Store};
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -162,20 +162,33 @@ enum Msg {
     End,
 }
 
-/// Stream a body into a new blob (hashing MD5 and CRC-64 on the way). `max` bounds the size (OSS's 5 GB).
+/// Stream a body into a new blob. Three stages overlap: this task reads the network, one blocking thread
+/// hashes (MD5 + CRC-64) and another writes the file, so a large upload costs about the slower of MD5 and
+/// the disk rather than their sum. `max` bounds the size (OSS's 5 GB).
 pub async fn receive_blob(store: &Store, body: &mut RequestBody, max: u64) -> Result<NewBlob, OssError> {
-    let (tx, mut rx) = mpsc::channel::<Msg>(16);
+    let (write_tx, mut write_rx) = mpsc::channel::<Msg>(16);
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Msg>(16);
     let writer_store = store.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<Option<NewBlob>, super::error::ServerError> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<BlobWriter>, ServerError> {
         let mut w = writer_store.begin_blob()?;
-        while let Some(msg) = rx.blocking_recv() {
+        while let Some(msg) = write_rx.blocking_recv() {
             match msg {
-                Msg::Data(b) => w.write(&b).map_err(|e| super::error::ServerError::io("write a received blob", e))?,
-                Msg::End => return w.finish().map(Some),
+                Msg::Data(b) => w.write(&b).map_err(|e| ServerError::io("write a received blob", e))?,
+                Msg::End => return Ok(Some(w)),
             }
         }
         // The sender went away without `End`: the request failed; dropping `w` removes the temp file.
         Ok(None)
+    });
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut h = Hasher::new();
+        while let Some(msg) = hash_rx.blocking_recv() {
+            match msg {
+                Msg::Data(b) => h.update(&b),
+                Msg::End => return Some(h.finish()),
+            }
+        }
+        None
     });
     let mut total = 0u64;
     let mut outcome: Result<(), OssError> = Ok(());
@@ -187,12 +200,15 @@ pub async fn receive_blob(store: &Store, body: &mut RequestBody, max: u64) -> Re
                     outcome = Err(OssError::entity_too_large("5 GB"));
                     break;
                 }
-                if tx.send(Msg::Data(data)).await.is_err() {
+                // `Bytes` clones share the buffer: both stages see the same memory.
+                if hash_tx.send(Msg::Data(data.clone())).await.is_err() || write_tx.send(Msg::Data(data)).await.is_err()
+                {
                     break; // the writer failed; its error is reported below
                 }
             }
             Ok(None) => {
-                let _ = tx.send(Msg::End).await;
+                let _ = hash_tx.send(Msg::End).await;
+                let _ = write_tx.send(Msg::End).await;
                 break;
             }
             Err(e) => {
@@ -201,13 +217,17 @@ pub async fn receive_blob(store: &Store, body: &mut RequestBody, max: u64) -> Re
             }
         }
     }
-    drop(tx);
+    drop((write_tx, hash_tx));
     let written = writer.await.map_err(|_| OssError::internal())?;
+    let digests = hasher.await.map_err(|_| OssError::internal())?;
     outcome?;
-    match written {
-        Ok(Some(blob)) => Ok(blob),
-        Ok(None) => Err(OssError::incomplete_body()),
-        Err(e) => Err(e.into()),
+    match (written, digests) {
+        (Ok(Some(w)), Some(digests)) => tokio::task::spawn_blocking(move || w.finish(digests))
+            .await
+            .map_err(|_| OssError::internal())?
+            .map_err(OssError::from),
+        (Err(e), _) => Err(e.into()),
+        _ => Err(OssError::incomplete_body()),
     }
 }
 
@@ -251,9 +271,7 @@ fn send_piece(store: &Store, piece: &Piece, tx: &mpsc::Sender<Result<Frame<Bytes
 
 /// MD5 and CRC-64 of pieces (UploadPartCopy), read on the calling (blocking) thread.
 pub fn digest_pieces(store: &Store, pieces: &[Piece]) -> io::Result<([u8; 16], u64)> {
-    use md5::{Digest as _, Md5};
-    let mut md5 = Md5::new();
-    let mut crc = crate::checksum::Crc64::new();
+    let mut hasher = Hasher::new();
     let mut buf = vec![0u8; READ_CHUNK as usize];
     for piece in pieces {
         let mut file = std::fs::File::open(store.blob_path(&piece.blob))?;
@@ -262,10 +280,10 @@ pub fn digest_pieces(store: &Store, pieces: &[Piece]) -> io::Result<([u8; 16], u
         while left > 0 {
             let n = left.min(READ_CHUNK) as usize;
             file.read_exact(&mut buf[..n])?;
-            md5.update(&buf[..n]);
-            crc.update(&buf[..n]);
+            hasher.update(&buf[..n]);
             left -= n as u64;
         }
     }
-    Ok((md5.finalize().into(), crc.finish()))
+    let d = hasher.finish();
+    Ok((d.md5, d.crc64))
 }

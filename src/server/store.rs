@@ -379,16 +379,7 @@ impl Store {
         let name = new_blob_name();
         let tmp_path = self.inner.tmp_dir.join(&name);
         let file = File::create(&tmp_path).map_err(|e| ServerError::io(format!("create {}", tmp_path.display()), e))?;
-        Ok(BlobWriter {
-            store: self.clone(),
-            file: Some(file),
-            tmp_path,
-            name,
-            written: 0,
-            flushed: 0,
-            md5: Md5::new(),
-            crc: Crc64::new(),
-        })
+        Ok(BlobWriter { store: self.clone(), file: Some(file), tmp_path, name, written: 0, flushed: 0 })
     }
 
     // -----------------------------------------------------------------------------------------------------
@@ -1253,7 +1244,43 @@ pub enum PartContent {
     },
 }
 
-/// Receives one blob: hashes and writes, then makes it durable in `data/`.
+/// MD5 and CRC-64 of a stream. Kept apart from [`BlobWriter`] so hashing (MD5 is the expensive part) and
+/// writing run on two threads.
+#[derive(Clone)]
+pub struct Hasher {
+    md5: Md5,
+    crc: Crc64,
+}
+
+/// What [`Hasher`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digests {
+    pub md5: [u8; 16],
+    pub crc64: u64,
+}
+
+impl Hasher {
+    pub fn new() -> Self {
+        Hasher { md5: Md5::new(), crc: Crc64::new() }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.crc.update(data);
+    }
+
+    pub fn finish(self) -> Digests {
+        Digests { md5: self.md5.finalize().into(), crc64: self.crc.finish() }
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Receives one blob into `tmp/`, then makes it durable in `data/`.
 pub struct BlobWriter {
     store: Store,
     file: Option<File>,
@@ -1261,8 +1288,6 @@ pub struct BlobWriter {
     name: String,
     written: u64,
     flushed: u64,
-    md5: Md5,
-    crc: Crc64,
 }
 
 /// Start writeback every this many bytes so the final fsync has little left to wait for.
@@ -1271,8 +1296,6 @@ const WRITEBACK_WINDOW: u64 = 8 << 20;
 impl BlobWriter {
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         let file = self.file.as_mut().ok_or_else(|| io::Error::other("blob already finished"))?;
-        self.md5.update(data);
-        self.crc.update(data);
         file.write_all(data)?;
         self.written += data.len() as u64;
         if self.store.inner.fsync && self.written - self.flushed >= WRITEBACK_WINDOW {
@@ -1294,11 +1317,11 @@ impl BlobWriter {
         self.written
     }
 
-    /// Make the blob durable under `data/` (not yet referenced: the commit does that).
-    pub fn finish(mut self) -> Result<NewBlob, ServerError> {
+    /// Make the blob durable under `data/` (not yet referenced: the commit does that). `digests` are those
+    /// of the bytes written, computed alongside by a [`Hasher`].
+    pub fn finish(mut self, digests: Digests) -> Result<NewBlob, ServerError> {
         let file = self.file.take().ok_or_else(|| ServerError::Corrupt("blob finished twice".into()))?;
-        let md5: [u8; 16] = self.md5.clone().finalize().into();
-        let crc64 = self.crc.finish();
+        let Digests { md5, crc64 } = digests;
         if self.written == 0 {
             drop(file);
             let _ = fs::remove_file(&self.tmp_path);
@@ -1391,8 +1414,10 @@ mod tests {
 
     fn blob(store: &Store, data: &[u8]) -> NewBlob {
         let mut w = store.begin_blob().unwrap();
+        let mut h = Hasher::new();
         w.write(data).unwrap();
-        w.finish().unwrap()
+        h.update(data);
+        w.finish(h.finish()).unwrap()
     }
 
     fn read_all(store: &Store, r: &ObjectRecord) -> Vec<u8> {
