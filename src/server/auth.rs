@@ -561,6 +561,29 @@ mod tests {
     }
 
     #[test]
+    fn v4_additional_headers_after_the_signature_like_py_oss2() {
+        let now = SystemTime::now();
+        let query = q(&[]);
+        let mut h = HeaderMap::new();
+        h.insert("abc", HeaderValue::from_static("value"));
+        h.insert("x-oss-date", HeaderValue::from_str(&timefmt::iso8601_basic(now)).unwrap());
+        h.insert("x-oss-content-sha256", HeaderValue::from_static(UNSIGNED_PAYLOAD));
+        let day = timefmt::iso8601_day(now);
+        let additional = additional_headers_v4(&["abc"], &h);
+        let canonical = canonical_request_v4(&req(&h, &query).sign_input(), &additional);
+        let sts = string_to_sign_v4(&timefmt::iso8601_basic(now), &scope_v4(&day, "cn-hangzhou", "oss"), &canonical);
+        let sig = signature_v4(&signing_key_v4("SK", &day, "cn-hangzhou", "oss"), &sts);
+        let auth = format!(
+            "OSS4-HMAC-SHA256 Credential=AK/{day}/cn-hangzhou/oss/aliyun_v4_request, Signature={sig}, AdditionalHeaders=abc"
+        );
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&auth).unwrap());
+        verify(&cfg(None), &req(&h, &query), now, false).unwrap();
+        // The additional header is really signed.
+        h.insert("abc", HeaderValue::from_static("changed"));
+        assert_eq!(verify(&cfg(None), &req(&h, &query), now, false).unwrap_err().code, "SignatureDoesNotMatch");
+    }
+
+    #[test]
     fn v4_accepts_comma_space_and_additional_headers_last() {
         let now = SystemTime::now();
         let query = q(&[]);

@@ -1162,7 +1162,8 @@ async fn complete(shared: &Shared, ctx: &Ctx, body: &mut RequestBody) -> OpResul
     if url {
         w.elem("EncodingType", "url");
     }
-    w.elem("Location", &enc(&location, url))
+    // Location is not among the fields encoding-type=url encodes.
+    w.elem("Location", &location)
         .elem("Bucket", ctx.bucket())
         .elem("Key", &enc(ctx.key(), url))
         .elem("ETag", &quoted(&record.etag));
