@@ -297,7 +297,7 @@ pub struct ServeArgs {
     pub enable_control_api: bool,
 
     /// Require this STS session token on every signed request (x-oss-security-token or the presign
-    /// parameter) [env: OSSMIRROR_SERVE_SESSION_TOKEN].
+    /// parameter).
     #[arg(
         long,
         value_name = "TOKEN",

@@ -358,3 +358,18 @@ def test_virtual_hosted_requests(server, sig, bucket_name):
 def oss2_auth_for(sig):
     from conftest import oss2_auth
     return oss2_auth(sig)
+
+
+def test_response_header_overrides(bucket):
+    bucket.put_object("override.bin", b"x", headers={"Content-Type": "application/octet-stream"})
+    got = bucket.get_object("override.bin", params={
+        "response-content-type": "text/plain",
+        "response-content-disposition": "attachment; filename=o.txt",
+        "response-cache-control": "max-age=5",
+    })
+    assert got.read() == b"x"
+    assert got.content_type == "text/plain"
+    assert got.headers["Content-Disposition"] == "attachment; filename=o.txt"
+    assert got.headers["Cache-Control"] == "max-age=5"
+    # The stored headers are unchanged.
+    assert bucket.head_object("override.bin").content_type == "application/octet-stream"
