@@ -246,10 +246,13 @@ async fn run(
         faults.record_injected_error(op.name());
         outcome = Err(injected_error(injected));
     }
+    let injected = decision.error.is_some();
     let resp = match outcome {
         Ok(resp) => resp,
         Err(e) => {
-            if e.status.is_server_error() {
+            if injected {
+                tracing::info!(code = %e.code, status = e.status.as_u16(), "fault: answering with an injected error");
+            } else if e.status.is_server_error() {
                 tracing::warn!(code = %e.code, status = e.status.as_u16(), "answering with an error");
             } else {
                 tracing::debug!(code = %e.code, status = e.status.as_u16(), "answering with an error");

@@ -551,7 +551,7 @@ impl Store {
     /// DeleteObject; `Ok(false)` when there was nothing to delete.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
         let deleted = self.delete_objects(bucket, &[key.to_string()])?;
-        Ok(deleted[0])
+        Ok(deleted.first().copied().unwrap_or(false))
     }
 
     /// Delete several keys in one transaction; returns, per key, whether it existed.
