@@ -160,7 +160,7 @@ def test_outage_drop_mode(bucket, server):
 
 def test_outage_refuse_mode(bucket, server):
     bucket.put_object("outage", b"x")
-    server.control("PUT", "down", {"mode": "refuse", "duration_ms": 3000})
+    server.control("PUT", "down", {"mode": "refuse", "duration_ms": 5000})
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"{server.endpoint}/", timeout=5)
     # The server listens again on the same port once the outage ends.
