@@ -7,7 +7,7 @@
 //!
 //! Layout:
 //! - [`store`]: the SQLite index plus immutable blob files, and its commit protocol;
-//! - `request`: addressing (path style / virtual host) and routing to an [`Op`](request::Op);
+//! - `request`: addressing (path style / virtual host) and routing to an operation;
 //! - `auth`: Signature V1 / V4, header and presigned, STS tokens;
 //! - `ops`: the operations; `xml`: bodies in and out; `body`: streaming bodies;
 //! - [`faults`]: seeded fault injection, the server clock, exact stats; [`control`]: the test-only JSON API;
