@@ -292,9 +292,38 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub fault_seed: u64,
 
-    /// Expose the test-only control API under /_ossmirror/ (fault settings, clock skew, pause).
+    /// Expose the test-only control API under /_ossmirror/ (fault settings, clock skew, outages, stats).
     #[arg(long)]
     pub enable_control_api: bool,
+
+    /// Require this STS session token on every signed request (x-oss-security-token or the presign
+    /// parameter).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "access_key_id",
+        env = "OSSMIRROR_SERVE_SESSION_TOKEN",
+        hide_env_values = true
+    )]
+    pub session_token: Option<String>,
+
+    /// Require V4 signatures scoped to this region (e.g. cn-hangzhou); also the buckets' reported location.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Treat Host `<bucket>.<DOMAIN>` as virtual-hosted (repeatable). Without it, any host name with a dot
+    /// that is not an IP is virtual-hosted by its first label; IPs and `localhost` are path style.
+    #[arg(long = "virtual-host-domain", value_name = "DOMAIN")]
+    pub virtual_host_domains: Vec<String>,
+
+    /// Create this bucket at start if it does not exist (repeatable).
+    #[arg(long = "bucket", value_name = "NAME")]
+    pub buckets: Vec<String>,
+
+    /// Do not fsync data and index commits: faster, and still safe against a killed process, but not
+    /// against a power loss. For throwaway test data only.
+    #[arg(long)]
+    pub no_fsync: bool,
 
     /// Write the bound address to this file once listening (for tests and scripts).
     #[arg(long, value_name = "FILE")]

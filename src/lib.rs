@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod remote;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod timefmt;
