@@ -2,3 +2,7 @@
 
 pub mod filter;
 pub mod key;
+pub mod root;
+pub mod scan;
+#[cfg(test)]
+mod testutil;
