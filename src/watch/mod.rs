@@ -4,5 +4,6 @@ pub mod filter;
 pub mod key;
 pub mod root;
 pub mod scan;
+pub mod settle;
 #[cfg(test)]
 mod testutil;
