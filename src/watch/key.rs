@@ -104,6 +104,9 @@ impl<'a> Escaped<'a> {
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use fmt::Write;
+        if self.0.is_empty() {
+            return f.write_char('.'); // the root, in logs
+        }
         for chunk in self.0.as_bytes().utf8_chunks() {
             for c in chunk.valid().chars() {
                 if c.is_control() || c == '\\' {

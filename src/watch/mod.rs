@@ -26,8 +26,11 @@
 //!             let mut scan = watch.scanner().stream(&rel);
 //!             while let Some(item) = scan.next().await {
 //!                 match item {
-//!                     // Differs from the index? Let it settle first.
-//!                     ScanItem::File { rel, snapshot } => { /* if index[rel] != snapshot */ watch.settle(rel) }
+//!                     // Differs from the index? Act now if the kernel vouches it is settled (old files:
+//!                     // keeps the gate small), else let it settle first.
+//!                     ScanItem::File { rel, snapshot } => {
+//!                         if watch.is_settled(&snapshot) { /* upload */ } else { watch.settle(rel) }
+//!                     }
 //!                     // Only a complete scan may turn "indexed under `rel` but not seen" into deletions.
 //!                     ScanItem::Done(report) if report.complete => { /* reconcile deletions under rel */ }
 //!                     _ => {}
@@ -49,8 +52,9 @@
 //! - `Rescan { rel, reason }` — scan `rel` (a file or a directory; "" = everything) and reconcile the
 //!   index entries at and under `rel` with it. The first event is always `Rescan("", Initial)`; then on
 //!   the `--rescan-interval` timer, after event loss (queue overflow), after a directory appeared, after the
-//!   root came back, and when asked. Scanned files that differ from the index go through
-//!   [`Watch::settle`]; an incomplete scan must not cause deletions. Rescans may repeat or nest; a rescan
+//!   root came back, and when asked. Scanned files that differ from the index are acted on at once if
+//!   [`Watch::is_settled`] says so, and go through [`Watch::settle`] otherwise; an incomplete scan must
+//!   not cause deletions. Rescans may repeat or nest; a rescan
 //!   of a directory covers those of its descendants.
 //! - `Stable { rel, snapshot, renamed_from }` — a regular file whose snapshot held still for the settle
 //!   window (and is not racy). Upload it; the engine checks the snapshot again around the upload. With
@@ -85,5 +89,5 @@ pub use filter::{DEFAULT_IGNORES, Filter, FilterConfig, FilterError};
 pub use key::{KeyError, MAX_KEY_BYTES, escape_path, object_key, rel_path_of_key};
 pub use root::{RootError, RootGuard, RootId};
 pub use scan::{ScanError, ScanItem, ScanReport, ScanStream, Scanner, SkipReason};
-pub use settle::{DEFAULT_SETTLE, Release, SettleGate, Touch};
+pub use settle::{DEFAULT_SETTLE, Release, SettleGate, Touch, is_settled};
 pub use watcher::{Backend, DEFAULT_RESCAN_INTERVAL, RescanReason, Watch, WatchConfig, WatchError, WatchEvent};

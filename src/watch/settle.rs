@@ -299,7 +299,7 @@ impl SettleGate {
             Observation::File(snapshot) => {
                 let window = settle.max(RACY_WINDOW);
                 let age = ctime_age(&snapshot, wall);
-                let kernel_quiet = age.is_some_and(|a| a >= window);
+                let kernel_quiet = is_settled(&snapshot, settle, wall);
                 if kernel_quiet || (quiet && !racy(&snapshot, wall)) {
                     let renamed_from = e.renamed_from.take();
                     self.entries.remove(&rel);
@@ -390,6 +390,14 @@ impl SettleGate {
             }
         }
     }
+}
+
+/// Whether a file with this snapshot is settled already, judged by the kernel's ctime alone: unchanged for
+/// at least `max(settle, RACY_WINDOW)` by the wall clock `now`. For files found by a scan: those can be
+/// acted on at once instead of being held in the gate, which keeps the gate's memory proportional to the
+/// files that are actually changing (a first scan of a million old files must not fill it).
+pub fn is_settled(snapshot: &FileSnapshot, settle: Duration, now: SystemTime) -> bool {
+    ctime_age(snapshot, now).is_some_and(|age| age >= settle.max(RACY_WINDOW))
 }
 
 fn ns(t: SystemTime) -> i64 {
@@ -790,6 +798,22 @@ mod tests {
         h.run(Duration::from_secs(5));
         assert_eq!(h.releases().len(), 1);
         assert!(h.log[0].0 >= RACY_WINDOW);
+    }
+
+    #[test]
+    fn settledness_of_scanned_files() {
+        let now = SystemTime::now();
+        let at = |age: Duration| {
+            let t = ns(now) - age.as_nanos() as i64;
+            FileSnapshot { size: 1, mtime_ns: t, ctime_ns: t, inode: 1, dev: 1 }
+        };
+        assert!(is_settled(&at(Duration::from_secs(3600)), DEFAULT_SETTLE, now));
+        assert!(!is_settled(&at(ms(500)), DEFAULT_SETTLE, now));
+        assert!(!is_settled(&at(ms(1500)), ms(100), now), "never inside the racy window");
+        assert!(!is_settled(&at(Duration::from_secs(10)), Duration::from_secs(30), now));
+        let mut future = at(Duration::ZERO);
+        future.ctime_ns += 10_000_000_000;
+        assert!(!is_settled(&future, DEFAULT_SETTLE, now), "a ctime in the future proves nothing");
     }
 
     #[test]

@@ -74,3 +74,33 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Mount a fresh tmpfs on `path` (needs CAP_SYS_ADMIN).
+pub fn mount_tmpfs(path: &Path) -> std::io::Result<()> {
+    let source = CString::new("ossmirror-test").unwrap();
+    let fstype = CString::new("tmpfs").unwrap();
+    let rc = unsafe { libc::mount(source.as_ptr(), cstr(path).as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Unmount `path`, lazily if it is busy.
+pub fn unmount(path: &Path) -> std::io::Result<()> {
+    let c = cstr(path);
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmounts everything still mounted on its path when dropped (a failing test must not leave mounts).
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        while unmount(&self.0).is_ok() {}
+    }
+}

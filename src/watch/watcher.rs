@@ -183,6 +183,7 @@ pub struct Watch {
     task: JoinHandle<()>,
     scanner: Scanner,
     pending: Arc<AtomicUsize>,
+    settle: Duration,
 }
 
 impl std::fmt::Debug for Command {
@@ -203,6 +204,7 @@ impl Watch {
         let (raw_tx, raw_rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
+        let settle = cfg.settle;
         let mut driver = Driver {
             probe: FsProbe::new(guard.clone(), cfg.follow_symlinks),
             gate: SettleGate::new(cfg.settle),
@@ -229,7 +231,7 @@ impl Watch {
             let _ = driver.out.try_send(pre);
         }
         let task = tokio::spawn(driver.run());
-        Ok((Watch { cmds: cmd_tx, task, scanner, pending }, out_rx))
+        Ok((Watch { cmds: cmd_tx, task, scanner, pending, settle }, out_rx))
     }
 
     /// A scanner over the same root, with the same filter and symlink policy.
@@ -246,6 +248,12 @@ impl Watch {
     /// Ask for a `Rescan` of `rel` ("" = everything) through the event stream.
     pub fn request_rescan(&self, rel: impl Into<PathBuf>) {
         let _ = self.cmds.send(Command::Rescan(rel.into()));
+    }
+
+    /// Whether a scanned file is already settled by its own timestamps (see [`super::settle::is_settled`]):
+    /// then it can be acted on without going through the gate.
+    pub fn is_settled(&self, snapshot: &FileSnapshot) -> bool {
+        super::settle::is_settled(snapshot, self.settle, std::time::SystemTime::now())
     }
 
     /// Paths waiting in the settle gate (for status and metrics).
@@ -370,8 +378,8 @@ impl Driver {
         loop {
             self.pending.store(self.gate.len(), Ordering::Relaxed);
             let due = self.gate.next_due();
+            // Not `biased`: a flood of commands must not starve raw events or the gate's deadlines.
             let result = tokio::select! {
-                biased;
                 cmd = self.cmds.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown(done)) => {
@@ -433,14 +441,23 @@ impl Driver {
     async fn poll_gate(&mut self) -> Result<(), Closed> {
         let mut released = Vec::new();
         self.gate.poll(Instant::now(), &self.probe, &mut released);
+        let mut renamed_dir: Option<PathBuf> = None;
         for r in released {
             let ev = match r {
                 Release::Stable { rel, snapshot, renamed_from } => WatchEvent::Stable { rel, snapshot, renamed_from },
                 Release::Removed { rel } => WatchEvent::Removed { rel },
-                Release::DirRenamed { from, to } => WatchEvent::DirRenamed { from, to },
+                Release::DirRenamed { from, to } => {
+                    renamed_dir = Some(to.clone());
+                    WatchEvent::DirRenamed { from, to }
+                }
                 Release::Rescan { rel } => {
-                    // After a DirRenamed, the rescan is for the renamed directory.
-                    WatchEvent::Rescan { rel, reason: RescanReason::NewDirectory }
+                    // The gate releases a renamed directory as DirRenamed immediately followed by its Rescan.
+                    let reason = if renamed_dir.take().as_ref() == Some(&rel) {
+                        RescanReason::DirRenamed
+                    } else {
+                        RescanReason::NewDirectory
+                    };
+                    WatchEvent::Rescan { rel, reason }
                 }
                 Release::Unreadable { rel, error } => {
                     warn!(path = %Escaped::path(&rel), %error, "cannot stat; will retry at the next rescan");
@@ -764,13 +781,18 @@ mod tests {
 
     impl Rig {
         async fn start(prepare: impl FnOnce(&Path), configure: impl FnOnce(&mut WatchConfig)) -> Rig {
-            init_tracing();
             let tmp = tempfile::tempdir().unwrap();
+            std::fs::create_dir(tmp.path().join("root")).unwrap();
+            prepare(&tmp.path().join("root"));
+            Rig::start_in(tmp, configure).await
+        }
+
+        /// Watch `tmp/root` (which must exist) with `tmp/outside` as a place to move things from and to.
+        async fn start_in(tmp: tempfile::TempDir, configure: impl FnOnce(&mut WatchConfig)) -> Rig {
+            init_tracing();
             let root = tmp.path().join("root");
             let outside = tmp.path().join("outside");
-            std::fs::create_dir(&root).unwrap();
             std::fs::create_dir(&outside).unwrap();
-            prepare(&root);
             let mut cfg = WatchConfig::new(&root);
             cfg.settle = SETTLE;
             cfg.root_check_interval = Duration::from_millis(100);
@@ -957,7 +979,7 @@ mod tests {
         )
         .await;
         let after = rig.seen.len();
-        rig.expect("Rescan(d2)", |e| is_rescan(e, "d2", RescanReason::NewDirectory)).await;
+        rig.expect("Rescan(d2)", |e| is_rescan(e, "d2", RescanReason::DirRenamed)).await;
         rig.expect("Removed(d1)", |e| is_removed(e, "d1")).await;
         assert!(rig.seen.len() > after);
         assert_eq!(rig.scan_files("d2").await, vec![PathBuf::from("d2/x")]);
@@ -1052,6 +1074,44 @@ mod tests {
         let missing = rig.seen.iter().position(|e| matches!(e, WatchEvent::RootMissing { .. }));
         let back = rig.seen.iter().position(|e| *e == WatchEvent::RootBack);
         assert!(missing < back);
+    }
+
+    #[tokio::test]
+    async fn an_unmounted_root_is_not_a_deletion_and_is_picked_up_when_mounted_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        if let Err(e) = mount_tmpfs(&root) {
+            // Not silently green: say loudly which part is not exercised. The decision logic itself is
+            // covered by root::tests without privileges.
+            eprintln!("NOTE: cannot mount a tmpfs here ({e}); real unmount detection NOT exercised");
+            return;
+        }
+        let _mounts = MountGuard(root.clone());
+        std::fs::create_dir(root.join("dir")).unwrap();
+        std::fs::write(root.join("a"), b"a").unwrap();
+        std::fs::write(root.join("dir/b"), b"b").unwrap();
+        let mut rig = Rig::start_in(tmp, |_| {}).await;
+
+        unmount(&rig.root).unwrap();
+        let ev = rig.expect("RootMissing", |e| matches!(e, WatchEvent::RootMissing { .. })).await;
+        assert!(mentions(&ev, "mount point"), "{ev:?}");
+        // The path now shows the empty directory underneath: not the tree, not "everything deleted".
+        rig.drain_for(SETTLE * 6).await;
+        assert_eq!(rig.count(|e| matches!(e, WatchEvent::Removed { .. } | WatchEvent::RootBack)), 0, "{:#?}", rig.seen);
+        let mut scan = rig.watch().scanner().stream(Path::new(""));
+        while let Some(item) = scan.next().await {
+            if let ScanItem::Done(report) = item {
+                assert!(!report.complete, "a scan of the bare mount point is incomplete");
+            }
+        }
+
+        mount_tmpfs(&rig.root).unwrap();
+        rig.expect("RootBack", |e| *e == WatchEvent::RootBack).await;
+        rig.expect("full rescan", |e| is_rescan(e, "", RescanReason::RootBack)).await;
+        std::fs::write(rig.p("c"), b"c").unwrap();
+        rig.expect_stable("c").await;
+        assert_eq!(rig.count(|e| matches!(e, WatchEvent::Removed { .. })), 0, "{:#?}", rig.seen);
     }
 
     #[tokio::test]
