@@ -674,6 +674,35 @@ mod tests {
         assert!(out.problems[0].1.contains("replaced"), "{:?}", out.problems);
     }
 
+    #[test]
+    fn the_walk_is_lazy_and_a_directory_removed_mid_scan_makes_it_incomplete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["x", "y"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+            for i in 0..2000 {
+                std::fs::write(root.join(d).join(format!("f{i}")), b"z").unwrap();
+            }
+        }
+        let s = scanner(root, &[], false);
+        let mut walk = s.walk(Path::new(""));
+        let Some(ScanItem::File { rel: first, .. }) = walk.next() else { panic!("expected a file first") };
+        // Depth first: the first file is in one directory and the other one has not been opened yet.
+        let (this, other) = if first.starts_with("x") { ("x", "y") } else { ("y", "x") };
+        // Nothing was collected ahead: files of this directory deleted now are not reported as present.
+        for i in 0..2000 {
+            let _ = std::fs::remove_file(root.join(this).join(format!("f{i}")));
+        }
+        std::fs::remove_dir_all(root.join(other)).unwrap();
+        let rest: Vec<ScanItem> = walk.collect();
+        let files = rest.iter().filter(|i| matches!(i, ScanItem::File { .. })).count();
+        assert_eq!(files, 0, "the walk had not stat'ed ahead");
+        let Some(ScanItem::Done(report)) = rest.last() else { panic!("no report") };
+        assert!(report.vanished > 0);
+        assert!(!report.complete, "a directory that vanished before it was listed may have moved: {report:?}");
+        assert!(rest.iter().any(|i| matches!(i, ScanItem::Problem { rel, .. } if rel == Path::new(other))), "{rest:?}");
+    }
+
     #[tokio::test]
     async fn stream_delivers_everything_then_done() {
         let tmp = tempfile::tempdir().unwrap();

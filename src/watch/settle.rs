@@ -6,7 +6,7 @@
 //! itself says it has not changed for the settle window.
 //!
 //! # State
-//! One [`Entry`] per path, whatever happened to it (latest state wins): memory is O(paths pending), and an
+//! One entry per path, whatever happened to it (latest state wins): memory is O(paths pending), and an
 //! editor's burst of create/write/rename/chmod on one path is one entry and one release. Each entry has
 //! exactly one live slot in a deadline heap (stale slots are recognised by their deadline and skipped).
 //!
