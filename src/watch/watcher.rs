@@ -35,9 +35,10 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::filter::{Filter, FilterConfig, FilterError};
@@ -171,7 +172,6 @@ pub enum WatchError {
 enum Command {
     Touch(PathBuf),
     Rescan(PathBuf),
-    Shutdown(oneshot::Sender<()>),
     #[cfg(test)]
     InjectRaw(notify::Result<notify::Event>),
 }
@@ -180,7 +180,9 @@ enum Command {
 #[derive(Debug)]
 pub struct Watch {
     cmds: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<()>,
+    /// Stops the driver even while it waits to hand an event to an agent that stopped reading.
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
     scanner: Scanner,
     pending: Arc<AtomicUsize>,
     settle: Duration,
@@ -203,6 +205,7 @@ impl Watch {
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (raw_tx, raw_rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
         let pending = Arc::new(AtomicUsize::new(0));
         let settle = cfg.settle;
         let mut driver = Driver {
@@ -212,6 +215,7 @@ impl Watch {
             filter,
             out: out_tx,
             cmds: cmd_rx,
+            cancel: cancel.clone(),
             raw_tx,
             raw_rx,
             overflow: Arc::new(Overflow::default()),
@@ -231,7 +235,7 @@ impl Watch {
             let _ = driver.out.try_send(pre);
         }
         let task = tokio::spawn(driver.run());
-        Ok((Watch { cmds: cmd_tx, task, scanner, pending, settle }, out_rx))
+        Ok((Watch { cmds: cmd_tx, cancel, task: Some(task), scanner, pending, settle }, out_rx))
     }
 
     /// A scanner over the same root, with the same filter and symlink policy.
@@ -261,18 +265,24 @@ impl Watch {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Stop watching and wait for the driver to finish. Pending paths are dropped: the next start scans.
-    pub async fn shutdown(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Command::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
+    /// Stop watching and wait for the driver to finish (it does not wait for the agent to read pending
+    /// events). Pending paths are dropped: the next start scans.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
-        let _ = self.task.await;
     }
 
     #[cfg(test)]
     pub(crate) fn inject_raw(&self, event: notify::Result<notify::Event>) {
         let _ = self.cmds.send(Command::InjectRaw(event));
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
@@ -348,6 +358,7 @@ struct Driver {
     gate: SettleGate,
     out: mpsc::Sender<WatchEvent>,
     cmds: mpsc::UnboundedReceiver<Command>,
+    cancel: CancellationToken,
     raw_tx: mpsc::Sender<RawEvent>,
     raw_rx: mpsc::Receiver<RawEvent>,
     overflow: Arc<Overflow>,
@@ -375,17 +386,15 @@ impl Driver {
         let mut rescan_tick = tokio::time::interval_at(start + self.cfg.rescan_interval, self.cfg.rescan_interval);
         rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let overflow = self.overflow.clone();
+        let cancel = self.cancel.clone();
         loop {
             self.pending.store(self.gate.len(), Ordering::Relaxed);
             let due = self.gate.next_due();
             // Not `biased`: a flood of commands must not starve raw events or the gate's deadlines.
             let result = tokio::select! {
+                _ = cancel.cancelled() => break,
                 cmd = self.cmds.recv() => match cmd {
                     None => break,
-                    Some(Command::Shutdown(done)) => {
-                        let _ = done.send(());
-                        break;
-                    }
                     Some(cmd) => self.on_command(cmd).await,
                 },
                 Some(raw) = self.raw_rx.recv() => {
@@ -404,7 +413,7 @@ impl Driver {
                 }
             };
             if result.is_err() {
-                debug!("event receiver dropped; watcher stops");
+                debug!("watcher stops (shut down, or the event receiver was dropped)");
                 break;
             }
         }
@@ -412,7 +421,10 @@ impl Driver {
     }
 
     async fn emit(&self, ev: WatchEvent) -> Result<(), Closed> {
-        self.out.send(ev).await.map_err(|_| Closed)
+        tokio::select! {
+            sent = self.out.send(ev) => sent.map_err(|_| Closed),
+            _ = self.cancel.cancelled() => Err(Closed),
+        }
     }
 
     async fn on_command(&mut self, cmd: Command) -> Result<(), Closed> {
@@ -426,7 +438,6 @@ impl Driver {
             Command::Rescan(rel) => self.emit(WatchEvent::Rescan { rel, reason: RescanReason::Requested }).await,
             #[cfg(test)]
             Command::InjectRaw(event) => self.on_raw(event).await,
-            Command::Shutdown(_) => Ok(()),
         }
     }
 
@@ -1221,6 +1232,16 @@ mod tests {
         rig.watch().settle("found-by-scan");
         rig.expect_stable("found-by-scan").await;
         assert_eq!(rig.watch().pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_an_agent_that_stopped_reading() {
+        let rig = Rig::start(|_| {}, |cfg| cfg.channel_capacity = 1).await;
+        for _ in 0..10 {
+            rig.watch().request_rescan("x"); // fills the output channel; nobody reads
+        }
+        let Rig { watch, rx: _rx, _tmp, .. } = rig;
+        tokio::time::timeout(PATIENCE, watch.unwrap().shutdown()).await.expect("shutdown finished");
     }
 
     #[tokio::test]
