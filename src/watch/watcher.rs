@@ -1234,6 +1234,28 @@ mod tests {
         assert_eq!(rig.watch().pending(), 0);
     }
 
+    /// Paused time: the default one-hour safety-net rescan fires (and only after an hour), without the test
+    /// taking an hour. Time only advances when the runtime is idle, so the clock readings are exact.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_periodic_rescan_fires_every_hour() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = WatchConfig::new(tmp.path());
+        assert_eq!(cfg.rescan_interval, Duration::from_secs(3600));
+        let (watch, mut rx) = Watch::start(cfg).await.unwrap();
+        let t0 = Instant::now();
+        assert!(matches!(rx.recv().await, Some(WatchEvent::Rescan { reason: RescanReason::Initial, .. })));
+        for n in 1..=2u32 {
+            match rx.recv().await {
+                Some(WatchEvent::Rescan { rel, reason: RescanReason::Periodic }) => {
+                    assert!(rel.as_os_str().is_empty());
+                    assert!(t0.elapsed() >= DEFAULT_RESCAN_INTERVAL * n, "{:?}", t0.elapsed());
+                }
+                other => panic!("expected a periodic rescan, got {other:?}"),
+            }
+        }
+        watch.shutdown().await;
+    }
+
     #[tokio::test]
     async fn shutdown_does_not_wait_for_an_agent_that_stopped_reading() {
         let rig = Rig::start(|_| {}, |cfg| cfg.channel_capacity = 1).await;
