@@ -16,3 +16,4 @@ pub mod snapshot;
 pub mod state;
 pub mod timefmt;
 pub mod units;
+pub mod watch;
