@@ -46,10 +46,27 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.downcast_ref::<cmd::UsageError>().is_some()
                 || e.downcast_ref::<ossmirror::config::ConfigError>().is_some();
-            eprintln!("ossmirror: error: {e:#}");
+            eprintln!("ossmirror: error: {}", error_chain(&e));
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// The error and its causes, each printed once: our typed errors already include their cause in their own
+/// message, so a cause whose text is already on the line is skipped.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging(format: LogFormat) {

@@ -9,6 +9,11 @@
 //! milliseconds, some file systems with whole seconds). A write in the same tick as the snapshot would leave
 //! every field equal, so a snapshot whose mtime is too close to the moment it was taken is "racy" (git's
 //! term) and must not be trusted until it has aged: see [`FileSnapshot::is_racy`].
+//!
+//! How long is "too close" depends on the file system, and a snapshot tells: timestamps with a non-zero
+//! sub-second part come from a file system that keeps nanoseconds, where the kernel's tick (at most 10 ms at
+//! HZ=100) bounds the granularity, so [`FINE_RACY_WINDOW`] is ten times that. Whole-second timestamps may
+//! come from a file system that keeps only seconds (or two, for FAT), so those get [`RACY_WINDOW`].
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -16,8 +21,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How old a snapshot's mtime must be, relative to when the snapshot was taken, to be trusted.
+/// How old a snapshot's timestamps must be, relative to when it was taken, to be trusted, on a file
+/// system that may keep only whole seconds (or two, for FAT).
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// The same on a file system that keeps sub-second timestamps (ext4, XFS, btrfs, tmpfs, …): ten times the
+/// coarsest kernel timestamp tick.
+pub const FINE_RACY_WINDOW: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FileSnapshot {
@@ -54,19 +64,27 @@ impl FileSnapshot {
         self.inode == other.inode && self.dev == other.dev
     }
 
+    /// The racy window that fits this file's file system (see the module docs).
+    pub fn racy_window(&self) -> Duration {
+        const SECOND: i64 = 1_000_000_000;
+        if self.mtime_ns.rem_euclid(SECOND) != 0 || self.ctime_ns.rem_euclid(SECOND) != 0 {
+            FINE_RACY_WINDOW
+        } else {
+            RACY_WINDOW
+        }
+    }
+
     /// True when the file was modified so shortly before `taken_at` that a later write could still carry
     /// the same timestamps. Such a snapshot only proves stability once the window has passed.
     pub fn is_racy(&self, taken_at: SystemTime) -> bool {
-        let taken_ns = taken_at.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-        let newest = self.mtime_ns.max(self.ctime_ns);
-        taken_ns.saturating_sub(newest) < RACY_WINDOW.as_nanos() as i64
+        !self.racy_wait(taken_at).is_zero()
     }
 
-    /// Time left until a snapshot taken now would no longer be racy.
+    /// Time left until a snapshot taken at `now` would no longer be racy.
     pub fn racy_wait(&self, now: SystemTime) -> Duration {
         let now_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         let newest = self.mtime_ns.max(self.ctime_ns);
-        let remaining = RACY_WINDOW.as_nanos() as i64 - now_ns.saturating_sub(newest);
+        let remaining = self.racy_window().as_nanos() as i64 - now_ns.saturating_sub(newest);
         Duration::from_nanos(remaining.max(0) as u64)
     }
 }
@@ -90,7 +108,26 @@ mod tests {
         assert!(a.same_file(&b));
         // A fresh file is racy right now, and not racy once the window has passed.
         assert!(b.is_racy(SystemTime::now()));
-        assert!(!b.is_racy(SystemTime::now() + RACY_WINDOW + Duration::from_millis(10)));
-        assert!(b.racy_wait(SystemTime::now()) <= RACY_WINDOW);
+        assert!(!b.is_racy(SystemTime::now() + b.racy_window() + Duration::from_millis(10)));
+        assert!(b.racy_wait(SystemTime::now()) <= b.racy_window());
+    }
+
+    #[test]
+    fn window_follows_timestamp_granularity() {
+        let fine = FileSnapshot {
+            size: 1,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_000_123_456_789,
+            inode: 1,
+            dev: 1,
+        };
+        assert_eq!(fine.racy_window(), FINE_RACY_WINDOW);
+        let whole = FileSnapshot { mtime_ns: 1_700_000_000_000_000_000, ctime_ns: 1_700_000_002_000_000_000, ..fine };
+        assert_eq!(whole.racy_window(), RACY_WINDOW);
+        let t = |ns: i64| UNIX_EPOCH + Duration::from_nanos(ns as u64);
+        assert!(whole.is_racy(t(1_700_000_003_000_000_000)));
+        assert!(!whole.is_racy(t(1_700_000_004_000_000_001)));
+        assert!(fine.is_racy(t(1_700_000_000_200_000_000)));
+        assert!(!fine.is_racy(t(1_700_000_000_300_000_000)));
     }
 }

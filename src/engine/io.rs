@@ -107,9 +107,11 @@ pub(super) async fn wait_not_racy(
     Err(EngineError::KeepsChanging { path: path.to_path_buf(), passes: 0 })
 }
 
-fn racy_wait(snapshot: &FileSnapshot, now: SystemTime, window: Duration) -> Duration {
+/// The snapshot's own racy wait, capped by the configured window (tests shorten it).
+fn racy_wait(snapshot: &FileSnapshot, now: SystemTime, cap: Duration) -> Duration {
     let now_ns = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let newest = snapshot.mtime_ns.max(snapshot.ctime_ns);
+    let window = snapshot.racy_window().min(cap);
     let remaining = window.as_nanos() as i64 - now_ns.saturating_sub(newest);
     Duration::from_nanos(remaining.max(0) as u64)
 }

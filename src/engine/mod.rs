@@ -62,7 +62,8 @@ pub struct EngineConfig {
     pub multipart_threshold: u64,
     /// Passes over a changing file before giving up on it for now.
     pub max_passes: u32,
-    /// How long after its last modification a file's snapshot can be trusted (see `snapshot::RACY_WINDOW`).
+    /// Upper bound on how long after its last modification a file's snapshot is distrusted; the snapshot's
+    /// own window (100 ms on file systems with sub-second timestamps, 2 s otherwise) applies below it.
     pub racy_window: Duration,
     /// Keep the checkpoint on failure or cancel so the next run resumes (false: abort the upload instead).
     pub keep_checkpoint: bool,

@@ -13,7 +13,7 @@
 //! # When a path is released
 //! At each check the path is observed (`lstat`, or `stat` in follow mode) and compared with the previous
 //! observation. A regular file is released as [`Release::Stable`] when either
-//! - its ctime is at least `max(settle, RACY_WINDOW)` old by the wall clock. ctime moves on every change of
+//! - its ctime is at least `max(settle, racy window)` old by the wall clock. ctime moves on every change of
 //!   content or metadata and cannot be set back (unlike mtime), so the kernel itself vouches that nothing
 //!   happened during the window. This releases old files found by a scan at once, without holding them in
 //!   memory for a window; or
@@ -297,7 +297,7 @@ impl SettleGate {
         let quiet = now >= quiet_at;
         match obs {
             Observation::File(snapshot) => {
-                let window = settle.max(RACY_WINDOW);
+                let window = settle.max(snapshot.racy_window());
                 let age = ctime_age(&snapshot, wall);
                 let kernel_quiet = is_settled(&snapshot, settle, wall);
                 if kernel_quiet || (quiet && !racy(&snapshot, wall)) {
@@ -393,11 +393,11 @@ impl SettleGate {
 }
 
 /// Whether a file with this snapshot is settled already, judged by the kernel's ctime alone: unchanged for
-/// at least `max(settle, RACY_WINDOW)` by the wall clock `now`. For files found by a scan: those can be
+/// at least `max(settle, the snapshot's racy window)` by the wall clock `now`. For files found by a scan: those can be
 /// acted on at once instead of being held in the gate, which keeps the gate's memory proportional to the
 /// files that are actually changing (a first scan of a million old files must not fill it).
 pub fn is_settled(snapshot: &FileSnapshot, settle: Duration, now: SystemTime) -> bool {
-    ctime_age(snapshot, now).is_some_and(|age| age >= settle.max(RACY_WINDOW))
+    ctime_age(snapshot, now).is_some_and(|age| age >= settle.max(snapshot.racy_window()))
 }
 
 fn ns(t: SystemTime) -> i64 {
@@ -789,27 +789,51 @@ mod tests {
 
     #[test]
     fn a_recent_file_waits_out_the_racy_window_even_with_a_short_settle() {
+        // Whole-second timestamps (a file system that may keep only seconds): the 2 s window.
         let mut h = Harness::new();
-        h.gate = SettleGate::new(ms(100));
-        h.fs.write("f", 1);
+        h.gate = SettleGate::new(ms(10));
+        let t = h.fs.wall_ns() - h.fs.wall_ns().rem_euclid(1_000_000_000);
+        let snap = FileSnapshot { size: 1, mtime_ns: t, ctime_ns: t, inode: 9, dev: 1 };
+        h.fs.files.borrow_mut().insert("f".into(), Observation::File(snap));
         h.touch("f", Touch::Created);
-        h.run(ms(1500));
+        h.run(ms(900));
         assert!(h.log.is_empty(), "racy snapshot released: {:?}", h.log);
         h.run(Duration::from_secs(5));
         assert_eq!(h.releases().len(), 1);
-        assert!(h.log[0].0 >= RACY_WINDOW);
+        assert!(h.log[0].0 + Duration::from_secs(1) >= RACY_WINDOW);
+
+        // Sub-second timestamps: the kernel tick bounds the granularity, the window is 100 ms.
+        let mut h = Harness::new();
+        h.gate = SettleGate::new(ms(10));
+        let t = h.fs.wall_ns() - h.fs.wall_ns().rem_euclid(1_000_000_000) + 123_456_789;
+        let snap = FileSnapshot { size: 1, mtime_ns: t, ctime_ns: t, inode: 9, dev: 1 };
+        h.fs.files.borrow_mut().insert("f".into(), Observation::File(snap));
+        h.touch("f", Touch::Created);
+        h.run(Duration::from_secs(5));
+        assert_eq!(h.releases().len(), 1);
+        assert!(h.log[0].0 < RACY_WINDOW, "released after {:?}", h.log[0].0);
     }
 
     #[test]
     fn settledness_of_scanned_files() {
         let now = SystemTime::now();
+        // Timestamps with a sub-second part, as ext4/XFS/tmpfs give.
         let at = |age: Duration| {
             let t = ns(now) - age.as_nanos() as i64;
+            let t = if t.rem_euclid(1_000_000_000) == 0 { t - 1 } else { t };
             FileSnapshot { size: 1, mtime_ns: t, ctime_ns: t, inode: 1, dev: 1 }
         };
         assert!(is_settled(&at(Duration::from_secs(3600)), DEFAULT_SETTLE, now));
         assert!(!is_settled(&at(ms(500)), DEFAULT_SETTLE, now));
-        assert!(!is_settled(&at(ms(1500)), ms(100), now), "never inside the racy window");
+        assert!(!is_settled(&at(ms(50)), ms(10), now), "never inside the racy window");
+        assert!(is_settled(&at(ms(150)), ms(10), now));
+        // Whole seconds: the coarse window holds even with a short settle.
+        let whole = |age: Duration| {
+            let t = ns(now) - age.as_nanos() as i64;
+            let t = t - t.rem_euclid(1_000_000_000);
+            FileSnapshot { size: 1, mtime_ns: t, ctime_ns: t, inode: 1, dev: 1 }
+        };
+        assert!(!is_settled(&whole(ms(500)), ms(10), now), "never inside the coarse racy window");
         assert!(!is_settled(&at(Duration::from_secs(10)), Duration::from_secs(30), now));
         let mut future = at(Duration::ZERO);
         future.ctime_ns += 10_000_000_000;
