@@ -138,6 +138,11 @@ pub struct AgentArgs {
     #[arg(long)]
     pub delete: bool,
 
+    /// Apply deletions even when most synced files vanish at once (by default that is taken for a lost or
+    /// unmounted disk and nothing is deleted).
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+
     /// Skip paths matching this glob (repeatable), relative to the watched directory.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
@@ -165,6 +170,10 @@ pub struct AgentArgs {
     /// Follow symbolic links (with loop protection) instead of skipping them.
     #[arg(long)]
     pub follow_symlinks: bool,
+
+    /// Do not apply the built-in ignore list of editor and download temporaries (*.swp, *.tmp, …).
+    #[arg(long)]
+    pub no_default_excludes: bool,
 
     /// Abort unknown multipart uploads under the prefix older than this [default: 24h].
     #[arg(long, value_name = "DURATION")]

@@ -6,6 +6,7 @@
 //! speaks the object-store protocol. `server` is a local OSS-compatible store used by the tests and as the
 //! embedded default when no endpoint is configured.
 
+pub mod agent;
 pub mod checksum;
 pub mod cli;
 pub mod config;

@@ -17,11 +17,12 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let log_format = match &cli.command {
-        None => cli.agent.log_format,
-        Some(_) => None,
+    let (log_format, default_filter) = match &cli.command {
+        // The agent's embedded server would log every request it serves; its own log says what matters.
+        None => (cli.agent.log_format, "info,ossmirror::server=warn"),
+        Some(_) => (None, "info"),
     };
-    init_logging(log_format.unwrap_or(LogFormat::Text));
+    init_logging(log_format.unwrap_or(LogFormat::Text), default_filter);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -69,11 +70,11 @@ fn error_chain(e: &anyhow::Error) -> String {
     line
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("OSSMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

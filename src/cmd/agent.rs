@@ -1,7 +1,55 @@
+//! `ossmirror --watch DIR --bucket B`: the agent as a command. SIGTERM or SIGINT stop it gracefully (exit 0);
+//! `--once` exits 0 when everything is synced and 1 if any file still failed.
+
 use std::process::ExitCode;
 
+use ossmirror::agent::{self, AgentError};
 use ossmirror::cli::AgentArgs;
+use ossmirror::config::{AgentSettings, ProcessEnv};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(_args: AgentArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`agent` is not built yet")
+use super::UsageError;
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.watch.is_none() && args.bucket.is_none() && args.config.is_none() && !has_default_config() {
+        return Err(UsageError(
+            "nothing to do: give --watch DIR --bucket NAME (or a subcommand: cp, serve, status, verify; see --help)"
+                .into(),
+        )
+        .into());
+    }
+    let settings = AgentSettings::resolve(&args, &ProcessEnv)?;
+    super::warn_secret_flag(&settings.remote);
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        trigger.cancel();
+        // A second signal while shutting down: leave now (uploads resume from their checkpoints).
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        std::process::exit(130);
+    });
+    let once = settings.once;
+    match agent::run(settings, shutdown).await {
+        Ok(report) if once && !report.failed.is_empty() => {
+            eprintln!("ossmirror: {} file(s) could not be synced: {}", report.failed.len(), report.failed.join(", "));
+            Ok(ExitCode::from(1))
+        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e @ (AgentError::Config(_) | AgentError::Invalid(_))) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn has_default_config() -> bool {
+    std::path::Path::new(ossmirror::config::DEFAULT_CONFIG_PATH).exists()
 }

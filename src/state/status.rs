@@ -222,6 +222,31 @@ impl StateDb {
     }
 }
 
+/// The `meta` row holding the running agent's self-description (JSON), read by `ossmirror status`.
+const AGENT_INFO: &str = "agent_info";
+
+impl StateDb {
+    /// Publish the agent's self-description for `ossmirror status` in another process. Informational only
+    /// (nothing is decided from it), so it lives in `meta`, outside the MAC'd records.
+    pub fn set_agent_info(&self, json: &str) -> Result<(), StateError> {
+        self.run(|conn, _| {
+            conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")?
+                .execute(params![AGENT_INFO, json.as_bytes()])?;
+            Ok(())
+        })
+    }
+
+    pub fn agent_info(&self) -> Result<Option<String>, StateError> {
+        self.run(|conn, _| {
+            let value: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row(params![AGENT_INFO], |r| r.get(0))
+                .optional()?;
+            Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

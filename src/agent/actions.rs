@@ -1,0 +1,423 @@
+//! What one job does. A sync job brings one object in line with one local file by the cheapest means that
+//! can be *verified*, in this order:
+//!
+//! 1. **Up to date**: the index records this exact snapshot.
+//! 2. **Revalidate**: same size, other timestamps (touch, chmod, a restore that kept content): the file's
+//!    per-part BLAKE3 equals the recorded ones, so only the index row changes.
+//! 3. **Copy**: the index knows an object with this file's inode, size and mtime under another key (a
+//!    rename, a moved directory, a hard link): the local CRC-64 must equal that object's, then a
+//!    server-side copy whose CRC-64 is checked again.
+//! 4. **Adopt** (a fresh index over a bucket that may already hold the files): the remote object has this
+//!    size and the local CRC-64 equals its CRC-64.
+//! 5. **Upload** through the engine.
+//!
+//! A remove job forgets the index rows of a path that is gone (and everything under it), and with
+//! `--delete` deletes the objects — after checking, file by file, that the local path really is absent
+//! and the watched root is still the one we started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::local::{LocalHashes, hash_file};
+use super::metrics::{self, Metrics};
+use crate::engine::{Engine, EngineError, PartPlan, UploadSpec};
+use crate::remote::{ByteRange, CompletedPart, ErrorKind, ObjectOptions, Remote, RemoteError};
+use crate::snapshot::FileSnapshot;
+use crate::state::{Checkpoint, StateDb, StateError, SyncedEntry, SyncedFile};
+use crate::watch::{escape_path, object_key, rel_path_of_key};
+
+/// OSS CopyObject handles sources up to 1 GiB; larger ones are copied part by part.
+const MAX_COPY_OBJECT: u64 = 1 << 30;
+/// Part size for copying large objects part by part (UploadPartCopy allows up to 5 GiB).
+const COPY_PART: u64 = 1 << 30;
+
+/// Everything a job needs; shared by all jobs.
+pub struct Ctx {
+    pub root: PathBuf,
+    /// (dev, inode) of the watched root when the agent started: deletions require it unchanged.
+    pub root_id: (u64, u64),
+    pub bucket: String,
+    pub prefix: String,
+    pub delete: bool,
+    /// Apply deletions even when most tracked files vanish at once (see `reconcile`).
+    pub allow_mass_delete: bool,
+    pub follow_symlinks: bool,
+    pub remote: Arc<dyn Remote>,
+    pub state: StateDb,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on shutdown: uploads finish their parts in flight and stop.
+    pub graceful: CancellationToken,
+    /// Look for existing objects before uploading files the index does not know (fresh index).
+    pub adopt: AtomicBool,
+    pub part_size: u64,
+    pub multipart_threshold: u64,
+}
+
+/// How a job ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    UpToDate,
+    Uploaded,
+    Revalidated,
+    Copied,
+    Adopted,
+    /// The file is gone (a `Removed` event follows from the watcher or the next scan).
+    Vanished,
+    /// Not a regular file any more (became a FIFO, a directory, …).
+    NotAFile,
+    Removed {
+        forgotten: usize,
+        deleted: usize,
+    },
+    /// Deletions were not applied (the root changed); retried later.
+    Held,
+}
+
+/// Why a job failed; every failure is retried after a backoff (never dropped).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    pub message: String,
+    /// The remote refused our credentials or the bucket: worth saying loudly, all files are affected.
+    pub remote_kind: Option<ErrorKind>,
+}
+
+impl JobError {
+    fn new(message: impl Into<String>) -> Self {
+        JobError { message: message.into(), remote_kind: None }
+    }
+}
+
+impl From<StateError> for JobError {
+    fn from(e: StateError) -> Self {
+        JobError::new(e.to_string())
+    }
+}
+
+impl From<RemoteError> for JobError {
+    fn from(e: RemoteError) -> Self {
+        JobError { remote_kind: Some(e.kind()), message: e.to_string() }
+    }
+}
+
+impl From<EngineError> for JobError {
+    fn from(e: EngineError) -> Self {
+        let remote_kind = e.remote().map(RemoteError::kind);
+        JobError { message: e.to_string(), remote_kind }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| JobError::new(format!("blocking task failed: {e}")))
+}
+
+impl Ctx {
+    pub fn path_of(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() { self.root.clone() } else { self.root.join(rel) }
+    }
+
+    fn object_options(&self, path: &Path) -> ObjectOptions {
+        ObjectOptions {
+            content_type: mime_guess::from_path(path).first_raw().map(str::to_string),
+            ..ObjectOptions::default()
+        }
+    }
+
+    /// The part size the engine records for a file of `size` bytes (so local hashes line up with it).
+    fn part_size_for(&self, size: u64) -> u64 {
+        if size <= self.multipart_threshold {
+            size.max(1)
+        } else {
+            PartPlan::new(size, self.part_size).map(|p| p.part_size).unwrap_or(self.part_size)
+        }
+    }
+
+    async fn stat(&self, rel: &Path) -> Result<Option<std::fs::Metadata>, JobError> {
+        let path = self.path_of(rel);
+        let follow = self.follow_symlinks;
+        blocking(move || if follow { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) })
+            .await?
+            .map(Some)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(None),
+                _ => Err(JobError::new(format!("{}: {e}", escape_path(rel)))),
+            })
+    }
+
+    async fn hash(&self, rel: &Path, part_size: u64, expected: FileSnapshot) -> Result<Option<LocalHashes>, JobError> {
+        let path = self.path_of(rel);
+        let escaped = escape_path(rel);
+        blocking(move || hash_file(&path, part_size, &expected))
+            .await?
+            .map_err(|e| JobError::new(format!("reading {escaped}: {e}")))
+    }
+
+    fn record(
+        &self,
+        rel: &Path,
+        key: &str,
+        hashes: &LocalHashes,
+        etag: String,
+        part_size: u64,
+    ) -> Result<(), JobError> {
+        let synced = SyncedFile {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            local_path: self.path_of(rel),
+            snapshot: hashes.snapshot,
+            size: hashes.snapshot.size,
+            crc64: hashes.crc64,
+            etag,
+            part_size,
+            part_blake3: hashes.part_blake3.clone(),
+            synced_at: SystemTime::now(),
+        };
+        self.state.complete(None, &synced)?;
+        Ok(())
+    }
+
+    fn count_synced(&self, size: u64) {
+        metrics::inc(&self.metrics.files_synced);
+        metrics::add(&self.metrics.bytes_synced, size);
+    }
+
+    /// Bring `key` in line with the local file `rel`.
+    pub async fn sync(&self, rel: &Path, key: &str, renamed_from: Option<&Path>) -> Result<Outcome, JobError> {
+        let Some(meta) = self.stat(rel).await? else { return Ok(Outcome::Vanished) };
+        if !meta.is_file() {
+            tracing::info!(path = %escape_path(rel), "not a regular file any more; skipped");
+            return Ok(Outcome::NotAFile);
+        }
+        let snapshot = FileSnapshot::from_metadata(&meta);
+        let synced = self.state.synced(&self.bucket, key)?;
+        if synced.as_ref().is_some_and(|s| s.snapshot == snapshot) {
+            self.state.clear_status(&self.bucket, key)?;
+            return Ok(Outcome::UpToDate);
+        }
+        if let Some(s) = synced.as_ref().filter(|s| s.size == snapshot.size) {
+            if let Some(h) = self.hash(rel, s.part_size, snapshot).await? {
+                if h.part_blake3 == s.part_blake3 && h.crc64 == s.crc64 {
+                    self.record(rel, key, &h, s.etag.clone(), s.part_size)?;
+                    metrics::inc(&self.metrics.files_revalidated);
+                    self.count_synced(snapshot.size);
+                    tracing::info!(path = %escape_path(rel), %key, "metadata changed, content did not: index updated, nothing uploaded");
+                    return Ok(Outcome::Revalidated);
+                }
+            }
+        }
+        if let Some(source) = self.copy_source(&snapshot, key, renamed_from)? {
+            match self.copy_from(rel, key, snapshot, &source).await {
+                Ok(true) => return Ok(Outcome::Copied),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(path = %escape_path(rel), %key, source = %source.key, error = %e, "server-side copy did not work out; uploading instead")
+                }
+            }
+        }
+        if synced.is_none() && self.adopt.load(Ordering::Relaxed) && self.adopt(rel, key, snapshot).await? {
+            return Ok(Outcome::Adopted);
+        }
+        let path = self.path_of(rel);
+        let spec = UploadSpec {
+            path: path.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            options: self.object_options(&path),
+        };
+        match self.engine.upload(&spec, None, &self.graceful).await {
+            Ok(outcome) => {
+                metrics::inc(&self.metrics.files_uploaded);
+                self.count_synced(outcome.size);
+                Ok(Outcome::Uploaded)
+            }
+            Err(EngineError::Vanished { .. }) => Ok(Outcome::Vanished),
+            Err(EngineError::NotRegular { .. }) => Ok(Outcome::NotAFile),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An index row for the same bytes under another key: same inode, size and mtime (a rename keeps them;
+    /// it changes only ctime). The copy is still verified by CRC-64 before it counts.
+    fn copy_source(
+        &self,
+        snapshot: &FileSnapshot,
+        key: &str,
+        renamed_from: Option<&Path>,
+    ) -> Result<Option<SyncedFile>, JobError> {
+        let mut candidates = Vec::new();
+        if let Some(from) = renamed_from.and_then(|f| object_key(&self.prefix, f).ok()) {
+            candidates.extend(self.state.synced(&self.bucket, &from)?);
+        }
+        candidates.extend(self.state.synced_by_inode(snapshot.dev, snapshot.inode, 8)?);
+        Ok(candidates.into_iter().find(|s| {
+            s.bucket == self.bucket
+                && s.key != key
+                && s.size == snapshot.size
+                && s.snapshot.mtime_ns == snapshot.mtime_ns
+                && s.snapshot.same_file(snapshot)
+        }))
+    }
+
+    /// Copy `source` to `key` server-side if the local file provably holds the same bytes.
+    async fn copy_from(
+        &self,
+        rel: &Path,
+        key: &str,
+        snapshot: FileSnapshot,
+        source: &SyncedFile,
+    ) -> Result<bool, JobError> {
+        let Some(local) = self.hash(rel, source.part_size, snapshot).await? else { return Ok(false) };
+        if local.crc64 != source.crc64 || local.part_blake3 != source.part_blake3 {
+            return Ok(false);
+        }
+        if source.size <= MAX_COPY_OBJECT {
+            self.remote.copy_object(&self.bucket, &source.key, key).await?;
+        } else {
+            self.copy_in_parts(&source.key, key, source.size).await?;
+        }
+        let Some(info) = self.remote.head_object(&self.bucket, key).await? else {
+            return Err(JobError::new(format!("{key}: the copy is not there after CopyObject")));
+        };
+        let verified = info.size == local.snapshot.size
+            && (info.crc64 == Some(local.crc64) || info.crc64nvme == Some(local.crc64nvme));
+        if !verified {
+            return Err(JobError::new(format!(
+                "{key}: the copied object does not carry the expected CRC-64 (size {}, CRC-64 {:?}); it will be uploaded",
+                info.size, info.crc64
+            )));
+        }
+        self.record(rel, key, &local, info.etag, source.part_size)?;
+        metrics::inc(&self.metrics.files_copied);
+        self.count_synced(snapshot.size);
+        tracing::info!(path = %escape_path(rel), %key, from = %source.key, "renamed: copied server-side instead of uploading");
+        Ok(true)
+    }
+
+    /// Multipart copy for sources larger than CopyObject takes; aborted on any failure (no orphans).
+    async fn copy_in_parts(&self, source_key: &str, key: &str, size: u64) -> Result<(), JobError> {
+        let upload_id = self.remote.initiate_multipart(&self.bucket, key, &ObjectOptions::default()).await?;
+        let result: Result<(), JobError> = async {
+            let mut parts = Vec::new();
+            let count = size.div_ceil(COPY_PART);
+            for n in 1..=count {
+                let range = ByteRange::from_offset_len((n - 1) * COPY_PART, COPY_PART.min(size - (n - 1) * COPY_PART));
+                let part = self
+                    .remote
+                    .upload_part_copy(&self.bucket, key, &upload_id, n as u32, &self.bucket, source_key, range)
+                    .await?;
+                parts.push(CompletedPart { part_number: n as u32, etag: part.etag, ..Default::default() });
+            }
+            self.remote.complete_multipart(&self.bucket, key, &upload_id, &parts, &Default::default()).await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            if let Err(e) = self.remote.abort_multipart(&self.bucket, key, &upload_id).await {
+                tracing::warn!(%key, %upload_id, error = %e, "could not abort a failed multipart copy");
+            }
+        }
+        result
+    }
+
+    /// An object already at `key` with this file's size and CRC-64 is adopted instead of uploaded.
+    async fn adopt(&self, rel: &Path, key: &str, snapshot: FileSnapshot) -> Result<bool, JobError> {
+        let Some(info) = self.remote.head_object(&self.bucket, key).await? else { return Ok(false) };
+        if info.size != snapshot.size || (info.crc64.is_none() && info.crc64nvme.is_none()) {
+            return Ok(false);
+        }
+        let part_size = self.part_size_for(snapshot.size);
+        let Some(local) = self.hash(rel, part_size, snapshot).await? else { return Ok(false) };
+        if info.crc64 != Some(local.crc64) && info.crc64nvme != Some(local.crc64nvme) {
+            return Ok(false);
+        }
+        self.record(rel, key, &local, info.etag, part_size)?;
+        metrics::inc(&self.metrics.files_adopted);
+        self.count_synced(snapshot.size);
+        tracing::info!(path = %escape_path(rel), %key, "already on the remote with the same CRC-64: adopted, nothing uploaded");
+        Ok(true)
+    }
+
+    /// The watched root is still the directory we started with (not deleted, unmounted or replaced).
+    fn root_is_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.root).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == self.root_id)
+    }
+
+    /// `rel` and everything under it are gone: forget them, and delete the objects with `--delete`.
+    pub async fn remove(&self, rel: &Path) -> Result<Outcome, JobError> {
+        let Ok(key) = object_key(&self.prefix, rel) else { return Ok(Outcome::Removed { forgotten: 0, deleted: 0 }) };
+        let subtree = format!("{key}/");
+        let mut gone = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.state.list_synced(&self.bucket, &key, after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key().to_string());
+            for entry in page {
+                let entry_key = entry.key().to_string();
+                if entry_key != key && !entry_key.starts_with(&subtree) {
+                    continue;
+                }
+                let Some(entry_rel) = rel_path_of_key(&self.prefix, &entry_key) else { continue };
+                if self.stat(&entry_rel).await?.is_none() {
+                    gone.push((entry_key, matches!(entry, SyncedEntry::Valid(_))));
+                }
+            }
+        }
+        // Unfinished uploads of files that are gone will never complete: abort them.
+        for checkpoint in self.state.list_checkpoints()? {
+            if let Checkpoint::Valid { upload, .. } = &checkpoint {
+                if upload.bucket == self.bucket
+                    && (upload.key == key || upload.key.starts_with(&subtree))
+                    && !upload.local_path.exists()
+                {
+                    let spec = UploadSpec {
+                        path: upload.local_path.clone(),
+                        bucket: upload.bucket.clone(),
+                        key: upload.key.clone(),
+                        options: ObjectOptions::default(),
+                    };
+                    self.engine.abort(&spec).await?;
+                }
+            }
+        }
+        if gone.is_empty() {
+            return Ok(Outcome::Removed { forgotten: 0, deleted: 0 });
+        }
+        if !self.root_is_ours() {
+            tracing::warn!(path = %escape_path(rel), "the watched directory is missing or was replaced; not applying deletions");
+            return Ok(Outcome::Held);
+        }
+        let mut deleted = 0;
+        if self.delete {
+            for batch in gone.chunks(1000) {
+                let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                let failures = self.remote.delete_objects(&self.bucket, &keys).await?;
+                if let Some(f) = failures.first() {
+                    return Err(JobError::new(format!("deleting {}: {} {}", f.key, f.code, f.message)));
+                }
+                deleted += keys.len();
+                metrics::add(&self.metrics.objects_deleted, keys.len() as u64);
+            }
+        }
+        for (k, _) in &gone {
+            self.state.forget_synced(&self.bucket, k)?;
+            self.state.clear_status(&self.bucket, k)?;
+        }
+        if self.delete {
+            tracing::info!(path = %escape_path(rel), objects = deleted, "deleted locally: remote objects deleted (--delete)");
+        } else {
+            tracing::info!(path = %escape_path(rel), files = gone.len(), "deleted locally: remote objects kept (no --delete)");
+        }
+        Ok(Outcome::Removed { forgotten: gone.len(), deleted })
+    }
+}
+
+/// Where a path that cannot become an object key is reported in the status table: under the bucket name
+/// "" (no real bucket has it), keyed by the escaped path, so it shows in `status` instead of being lost.
+pub const INVALID_NAME_BUCKET: &str = "";

@@ -1,0 +1,597 @@
+//! The agent: `ossmirror --watch DIR --bucket B` as a long-running service.
+//!
+//! ```text
+//!  Watch (notify + settle gate) ──events──▶ ┐
+//!  reconcile (scan task) ──────requests──▶  ├─▶ loop ──▶ Scheduler ──▶ job tasks (actions: sync / remove)
+//!  signals, timers ───────────────────────▶ ┘                               │
+//!                                   state (index, checkpoints, status) ◀────┘
+//! ```
+//!
+//! One loop owns the scheduler and the watch handle; scans and jobs run as tasks and report back through
+//! channels, so nothing slow (a million-file scan, a 50 GB upload, a stuck remote) ever blocks the loop.
+//! Start-up (`setup`) locks and opens the state, connects to the remote (or starts the embedded server),
+//! and cleans up what an earlier run left. Shutdown stops intake, lets parts in flight finish for up to
+//! `--shutdown-timeout`, then stops; every upload resumes from its checkpoint on the next start.
+
+pub mod actions;
+pub mod local;
+pub mod metrics;
+pub mod reconcile;
+pub mod scheduler;
+pub mod setup;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentSettings, ConfigError, ProcessEnv};
+use crate::engine::{Engine, EngineConfig, EngineStats};
+use crate::remote::{ErrorKind, Remote, RemoteError};
+use crate::state::{StateDb, StateError};
+use crate::watch::{FilterConfig, Watch, WatchConfig, WatchError, WatchEvent, escape_path, object_key};
+use actions::{Ctx, INVALID_NAME_BUCKET, JobError, Outcome};
+use metrics::Metrics;
+use reconcile::Request;
+use scheduler::{Finish, Job, Scheduler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("another ossmirror agent is already running with the state database {state_db}")]
+    AlreadyRunning { state_db: PathBuf },
+    #[error("{0}")]
+    Io(String),
+    #[error("the embedded local server could not start: {0}")]
+    Embedded(String),
+    #[error("the remote is not usable: {0}")]
+    Remote(RemoteError),
+    #[error("cannot watch {path}: {error}")]
+    Watch { path: PathBuf, error: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the agent publishes about itself for `ossmirror status` (in the state database, every few seconds).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AgentInfo {
+    pub pid: u32,
+    pub started_at: u64,
+    pub updated_at: u64,
+    pub watch: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+    /// No endpoint configured: objects stay on this machine, in `embedded_root`.
+    pub embedded: bool,
+    pub embedded_root: Option<String>,
+    pub queued: usize,
+    pub running: usize,
+    pub waiting_retry: usize,
+    pub initial_scan_done: bool,
+    pub root_missing: bool,
+    pub polling_fallback: bool,
+    pub remote_error: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// `--once`: files that still failed after their retries.
+    pub failed: Vec<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Attempts per file under `--once` before it counts as failed.
+const ONCE_ATTEMPTS: u32 = 3;
+/// Longest retry delay (`--once` uses a shorter one so a run ends).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+const ONCE_MAX_RETRY_DELAY: Duration = Duration::from_secs(8);
+
+/// Run the agent until `shutdown` is cancelled (or, with `--once`, until everything is synced).
+pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result<RunReport, AgentError> {
+    crate::remote::names::validate_bucket(&settings.bucket).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    if settings.prefix.starts_with('/') {
+        return Err(AgentError::Invalid(format!("--prefix {:?} must not start with '/'", settings.prefix)));
+    }
+    let root = wait_for_root(&settings, &shutdown).await?;
+    let Some(root) = root else { return Ok(RunReport::default()) };
+
+    let state_path = match &settings.state_db {
+        Some(p) => p.clone(),
+        None => setup::default_state_db(&settings, &ProcessEnv),
+    };
+    let _lock = setup::lock(&state_path)?;
+    let (state, open_report) = setup::open_state(&state_path).await?;
+    tracing::info!(state_db = %state_path.display(), "state database open");
+
+    let (remote, embedded) = match settings.remote.connect()? {
+        Some(remote) => (remote, None),
+        None => {
+            let (embedded, remote) = setup::embedded(&state_path, &settings.bucket).await?;
+            (remote, Some(embedded))
+        }
+    };
+    let endpoint = remote.endpoint_display();
+    if let Some(e) = &embedded {
+        tracing::warn!(
+            store = %e.root.display(), endpoint = %endpoint,
+            "NO ENDPOINT CONFIGURED: objects are stored ON THIS MACHINE by the embedded OSS-compatible server, \
+             not in the cloud. Set --endpoint (or OSS_ENDPOINT) and credentials to mirror to Alibaba Cloud OSS."
+        );
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let mut info = AgentInfo {
+        pid: std::process::id(),
+        started_at: unix_now(),
+        watch: root.display().to_string(),
+        bucket: settings.bucket.clone(),
+        prefix: settings.prefix.clone(),
+        endpoint: endpoint.clone(),
+        embedded: embedded.is_some(),
+        embedded_root: embedded.as_ref().map(|e| e.root.display().to_string()),
+        ..AgentInfo::default()
+    };
+    publish(&state, &mut info);
+
+    let has_objects = match probe_remote(&*remote, &settings, &metrics, &state, &mut info, &shutdown).await? {
+        Some(has) => has,
+        None => return Ok(RunReport::default()),
+    };
+    let recovery =
+        setup::recover(&state, &open_report, &*remote, &root, &settings.bucket, &settings.prefix, settings.orphan_age)
+            .await?;
+    tracing::info!(
+        kept = recovery.kept,
+        aborted = recovery.aborted_abandoned,
+        orphans = recovery.aborted_orphans,
+        "recovered unfinished uploads"
+    );
+
+    // A fresh (or rebuilt) index over a remote that already holds objects: adopt matching objects instead
+    // of uploading them again.
+    let index_empty = state.counts()?.synced_files == 0;
+    let adopt = index_empty && has_objects;
+    if adopt {
+        tracing::info!(
+            "the index is empty but the remote prefix is not: existing objects are adopted after a CRC-64 check"
+        );
+    }
+
+    let threads = settings.threads.max(1);
+    let engine_config = EngineConfig {
+        part_size: settings.part_size,
+        threads,
+        multipart_threshold: settings.part_size,
+        // A global cap on parts in flight across files: bounds connections and memory whatever --jobs is.
+        global_parts_in_flight: Some(Arc::new(tokio::sync::Semaphore::new(threads * 2))),
+        ..EngineConfig::default()
+    };
+    let engine =
+        Engine::new(remote.clone(), state.clone(), engine_config).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let graceful = CancellationToken::new();
+    let ctx = Arc::new(Ctx {
+        root_id: root_id(&root)?,
+        root: root.clone(),
+        bucket: settings.bucket.clone(),
+        prefix: settings.prefix.clone(),
+        delete: settings.delete,
+        allow_mass_delete: settings.allow_mass_delete,
+        follow_symlinks: settings.follow_symlinks,
+        remote: remote.clone(),
+        state: state.clone(),
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        graceful: graceful.clone(),
+        adopt: AtomicBool::new(adopt),
+        part_size: settings.part_size,
+        multipart_threshold: settings.part_size,
+    });
+
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = settings.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone(), metrics_stop.clone())
+            .await
+            .map_err(|e| AgentError::Io(format!("--metrics-listen {addr}: {e}")))?;
+        tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
+    }
+
+    let mut own_paths = vec![state_path.clone()];
+    own_paths.extend(embedded.as_ref().map(|e| e.root.clone()));
+    let watch_config = WatchConfig {
+        filter: FilterConfig {
+            excludes: settings.exclude.clone(),
+            default_ignores: settings.default_excludes,
+            own_paths,
+        },
+        follow_symlinks: settings.follow_symlinks,
+        settle: settings.settle,
+        rescan_interval: settings.rescan_interval,
+        ..WatchConfig::new(&root)
+    };
+    let (watch, events) = Watch::start(watch_config).await.map_err(|e| watch_error(&root, e))?;
+
+    let mut agent = Loop {
+        ctx,
+        settings,
+        watch,
+        sched: Scheduler::new(1, MAX_RETRY_DELAY),
+        jobs: JoinSet::new(),
+        scans: JoinSet::new(),
+        scanning: HashSet::new(),
+        initial_scan_done: false,
+        failed: Vec::new(),
+        info,
+        last_publish: Instant::now(),
+        last_remote_alarm: None,
+    };
+    let max_delay = if agent.settings.once { ONCE_MAX_RETRY_DELAY } else { MAX_RETRY_DELAY };
+    agent.sched = Scheduler::new(agent.settings.jobs, max_delay);
+    let report = agent.run(events, &shutdown).await;
+
+    // Stop intake, then give parts in flight their time.
+    let Loop { watch, mut jobs, mut scans, ctx, settings, mut info, .. } = agent;
+    watch.shutdown().await;
+    scans.abort_all();
+    graceful.cancel();
+    let deadline = tokio::time::sleep(settings.shutdown_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = jobs.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(unfinished = jobs.len(), "shutdown timeout: stopping uploads now (they resume from their checkpoints)");
+                jobs.abort_all();
+                break;
+            }
+        }
+    }
+    metrics_stop.cancel();
+    info.running = 0;
+    info.updated_at = unix_now();
+    info.pid = 0;
+    publish(&ctx.state, &mut info);
+    drop(ctx);
+    if let Some(e) = embedded {
+        e.server.shutdown().await;
+    }
+    Ok(report)
+}
+
+fn watch_error(root: &Path, e: WatchError) -> AgentError {
+    AgentError::Watch { path: root.to_path_buf(), error: e.to_string() }
+}
+
+fn root_id(root: &Path) -> Result<(u64, u64), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(root).map_err(|e| AgentError::Io(format!("{}: {e}", root.display())))?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The watched directory, canonicalized, once it exists. Missing at start: say so and wait for it (a
+/// service may start before its disk is mounted); with `--once`, fail. `None` on shutdown while waiting.
+async fn wait_for_root(settings: &AgentSettings, shutdown: &CancellationToken) -> Result<Option<PathBuf>, AgentError> {
+    let mut logged = false;
+    loop {
+        match std::fs::canonicalize(&settings.watch) {
+            Ok(p) if p.is_dir() => return Ok(Some(p)),
+            Ok(p) => return Err(AgentError::Invalid(format!("--watch {}: not a directory", p.display()))),
+            Err(e) if settings.once => {
+                return Err(AgentError::Invalid(format!("--watch {}: {e}", settings.watch.display())));
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::error!(path = %settings.watch.display(), error = %e, "the directory to watch is missing; waiting for it to appear (nothing is deleted meanwhile)");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Probe the bucket until it answers. Transient failures (network down at boot) are retried forever; a
+/// wrong credential or bucket is said loudly and retried too (it may be fixed without a restart, e.g. a
+/// bucket created late), except under `--once`, which fails at once. `None` on shutdown while waiting.
+async fn probe_remote(
+    remote: &dyn Remote,
+    settings: &AgentSettings,
+    metrics: &Metrics,
+    state: &StateDb,
+    info: &mut AgentInfo,
+    shutdown: &CancellationToken,
+) -> Result<Option<bool>, AgentError> {
+    let mut delay = Duration::from_secs(1);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match setup::probe(remote, &settings.bucket, &settings.prefix).await {
+            Ok(has) => {
+                metrics::set(&metrics.remote_reachable, 1);
+                info.remote_error = None;
+                publish(state, info);
+                return Ok(Some(has));
+            }
+            Err(e) => {
+                metrics::set(&metrics.remote_reachable, 0);
+                let fatal = matches!(e.kind(), ErrorKind::Auth | ErrorKind::NotFound | ErrorKind::Input);
+                if settings.once && (fatal || attempts >= 3) {
+                    return Err(AgentError::Remote(e));
+                }
+                tracing::error!(bucket = %settings.bucket, endpoint = %remote.endpoint_display(), error = %e, retry_in = ?delay,
+                    "the remote is not usable yet; retrying");
+                info.remote_error = Some(e.to_string());
+                publish(state, info);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+fn publish(state: &StateDb, info: &mut AgentInfo) {
+    info.updated_at = unix_now();
+    match serde_json::to_string(info) {
+        Ok(json) => {
+            if let Err(e) = state.set_agent_info(&json) {
+                tracing::debug!(error = %e, "could not publish agent status");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not encode agent status"),
+    }
+}
+
+type JobResult = (String, PathBuf, Result<Outcome, JobError>);
+
+struct Loop {
+    ctx: Arc<Ctx>,
+    settings: AgentSettings,
+    watch: Watch,
+    sched: Scheduler,
+    jobs: JoinSet<JobResult>,
+    scans: JoinSet<()>,
+    /// Subtrees being scanned (a repeated request for one is dropped).
+    scanning: HashSet<PathBuf>,
+    initial_scan_done: bool,
+    failed: Vec<String>,
+    info: AgentInfo,
+    last_publish: Instant,
+    last_remote_alarm: Option<Instant>,
+}
+
+impl Loop {
+    async fn run(&mut self, mut events: mpsc::Receiver<WatchEvent>, shutdown: &CancellationToken) -> RunReport {
+        let (requests_tx, mut requests) = mpsc::channel::<Request>(4096);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.dispatch();
+            if self.settings.once && self.converged() {
+                tracing::info!(failed = self.failed.len(), "converged (--once): everything found is synced");
+                break;
+            }
+            let next_due = self.sched.next_due();
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopping: no new work; parts in flight may finish");
+                    break;
+                }
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event, &requests_tx),
+                    None => {
+                        tracing::error!("the watcher stopped unexpectedly; stopping");
+                        break;
+                    }
+                },
+                Some(request) = requests.recv() => self.on_request(request),
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
+                    Ok((key, rel, result)) => self.on_done(key, rel, result),
+                    Err(e) => tracing::error!(error = %e, "a job task failed"),
+                },
+                Some(_) = self.scans.join_next(), if !self.scans.is_empty() => {}
+                _ = sleep_until(next_due), if next_due.is_some() => self.sched.promote_due(Instant::now()),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        RunReport { failed: std::mem::take(&mut self.failed) }
+    }
+
+    fn converged(&self) -> bool {
+        self.initial_scan_done
+            && self.scanning.is_empty()
+            && self.sched.is_empty()
+            && self.jobs.is_empty()
+            && self.watch.pending() == 0
+    }
+
+    fn dispatch(&mut self) {
+        while let Some((key, job, _attempts)) = self.sched.next_ready() {
+            let ctx = self.ctx.clone();
+            self.jobs.spawn(async move {
+                match job {
+                    Job::Sync { rel, renamed_from } => {
+                        let result = ctx.sync(&rel, &key, renamed_from.as_deref()).await;
+                        (key, rel, result)
+                    }
+                    Job::Remove { rel } => {
+                        let result = ctx.remove(&rel).await;
+                        (key, rel, result)
+                    }
+                }
+            });
+        }
+    }
+
+    fn start_scan(&mut self, rel: PathBuf, requests: &mpsc::Sender<Request>) {
+        if !self.scanning.insert(rel.clone()) {
+            return;
+        }
+        let (ctx, scanner, settle, tx) =
+            (self.ctx.clone(), self.watch.scanner().clone(), self.settings.settle, requests.clone());
+        self.scans.spawn(async move { reconcile::run(ctx, scanner, settle, rel, tx).await });
+    }
+
+    fn key_of(&self, rel: &Path) -> Option<String> {
+        match object_key(&self.ctx.prefix, rel) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                self.report_bad_name(rel, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn report_bad_name(&self, rel: &Path, error: &str) {
+        tracing::warn!(path = %escape_path(rel), %error, "this file cannot be uploaded under its name; rename it");
+        let path = self.ctx.path_of(rel);
+        let _ = self.ctx.state.mark_failed(&path, INVALID_NAME_BUCKET, &escape_path(rel), error, None);
+    }
+
+    fn on_event(&mut self, event: WatchEvent, requests: &mpsc::Sender<Request>) {
+        match event {
+            WatchEvent::Rescan { rel, reason } => {
+                tracing::debug!(subtree = %escape_path(&rel), ?reason, "rescan");
+                self.start_scan(rel, requests);
+            }
+            WatchEvent::Stable { rel, renamed_from, .. } => {
+                if let Some(key) = self.key_of(&rel) {
+                    self.sched.request(key, Job::Sync { rel, renamed_from });
+                }
+            }
+            WatchEvent::Removed { rel } => {
+                if let Ok(key) = object_key(&self.ctx.prefix, &rel) {
+                    self.sched.request(key, Job::Remove { rel });
+                }
+            }
+            WatchEvent::DirRenamed { from, to } => {
+                tracing::info!(from = %escape_path(&from), to = %escape_path(&to), "directory renamed; unchanged files are copied server-side");
+            }
+            WatchEvent::Unreadable { rel, error } => {
+                tracing::warn!(path = %escape_path(&rel), %error, "cannot read; retried at the next rescan");
+                if let Ok(key) = object_key(&self.ctx.prefix, &rel) {
+                    let _ = self.ctx.state.mark_failed(&self.ctx.path_of(&rel), &self.ctx.bucket, &key, &error, None);
+                }
+            }
+            WatchEvent::RootMissing { error } => {
+                tracing::error!(path = %self.ctx.root.display(), %error,
+                    "the watched directory is gone, unmounted or replaced; nothing is deleted, waiting for it to come back");
+                metrics::set(&self.ctx.metrics.root_missing, 1);
+                self.info.root_missing = true;
+            }
+            WatchEvent::RootBack => {
+                tracing::info!(path = %self.ctx.root.display(), "the watched directory is back; rescanning");
+                metrics::set(&self.ctx.metrics.root_missing, 0);
+                self.info.root_missing = false;
+            }
+            WatchEvent::PollingFallback { reason } => {
+                tracing::warn!(%reason, "watching by polling (slower, uses memory per file)");
+                self.info.polling_fallback = true;
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Sync { rel, key } => {
+                self.sched.request(key, Job::Sync { rel, renamed_from: None });
+            }
+            Request::Settle { rel } => self.watch.settle(rel),
+            Request::Remove { rel, key } => {
+                self.sched.request(key, Job::Remove { rel });
+            }
+            Request::BadName { rel, error } => self.report_bad_name(&rel, &error),
+            Request::Finished(summary) => {
+                self.scanning.remove(&summary.subtree);
+                if summary.subtree.as_os_str().is_empty() {
+                    self.initial_scan_done = true;
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, key: String, rel: PathBuf, result: Result<Outcome, JobError>) {
+        let now = Instant::now();
+        match result {
+            Ok(Outcome::Held) => {
+                self.sched.finish(&key, Finish::Retry, now);
+            }
+            Ok(outcome) => {
+                tracing::debug!(%key, ?outcome, "done");
+                metrics::set(&self.ctx.metrics.remote_reachable, 1);
+                self.sched.finish(&key, Finish::Done, now);
+            }
+            Err(e) => {
+                metrics::inc(&self.ctx.metrics.errors);
+                let attempts = self.sched.attempts(&key) + 1;
+                if self.settings.once && attempts >= ONCE_ATTEMPTS {
+                    tracing::error!(path = %escape_path(&rel), %key, error = %e, attempts, "giving up on this file for this run");
+                    let _ =
+                        self.ctx.state.mark_failed(&self.ctx.path_of(&rel), &self.ctx.bucket, &key, &e.message, None);
+                    self.failed.push(key.clone());
+                    self.sched.finish(&key, Finish::Done, now);
+                    return;
+                }
+                let retry_at = self.sched.finish(&key, Finish::Retry, now);
+                let retry_wall = retry_at.map(|at| SystemTime::now() + at.saturating_duration_since(now));
+                let _ =
+                    self.ctx.state.mark_failed(&self.ctx.path_of(&rel), &self.ctx.bucket, &key, &e.message, retry_wall);
+                tracing::warn!(path = %escape_path(&rel), %key, error = %e, attempts, "failed; will retry");
+                if matches!(e.remote_kind, Some(ErrorKind::Auth)) {
+                    metrics::set(&self.ctx.metrics.remote_reachable, 0);
+                    let quiet = self.last_remote_alarm.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60));
+                    if !quiet {
+                        self.last_remote_alarm = Some(now);
+                        tracing::error!(error = %e.message, "the remote refuses our credentials: every upload will fail until this is fixed");
+                    }
+                    self.info.remote_error = Some(e.message.clone());
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let m = &self.ctx.metrics;
+        let stats = self.ctx.engine.stats();
+        metrics::set(&m.queue_depth, self.sched.len() as u64);
+        metrics::set(&m.uploads_in_flight, self.sched.running() as u64);
+        metrics::set(&m.bytes_uploaded, EngineStats::get(&stats.bytes_sent));
+        metrics::set(&m.parts_uploaded, EngineStats::get(&stats.parts_sent));
+        metrics::set(&m.parts_resent, EngineStats::get(&stats.parts_resent));
+        metrics::set(&m.parts_reused, EngineStats::get(&stats.parts_reused));
+        if self.last_publish.elapsed() >= Duration::from_secs(2) {
+            self.last_publish = Instant::now();
+            self.info.queued = self.sched.len();
+            self.info.running = self.sched.running();
+            self.info.waiting_retry = self.sched.waiting();
+            self.info.initial_scan_done = self.initial_scan_done;
+            publish(&self.ctx.state, &mut self.info);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,279 @@
+//! The work queue: one entry per object key, the latest request wins, `--jobs` at a time, failures retried
+//! with backoff without ever blocking the others.
+//!
+//! An entry is queued, running, or waiting for its retry time. A new request for a key that is running marks
+//! it dirty, so the key runs again when the current run ends (the file changed while being handled); for a
+//! waiting key it replaces the job and makes it ready now (new information beats the backoff).
+//!
+//! The scheduler only orders work; what a job does lives in `actions`, and the agent loop drives
+//! [`Scheduler::next_ready`] / [`Scheduler::finish`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What to do for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Bring the object in line with the local file (upload, copy, adopt, or nothing if already synced).
+    Sync { rel: PathBuf, renamed_from: Option<PathBuf> },
+    /// The local path (and everything under it) is gone: forget it, delete the objects if `--delete`.
+    Remove { rel: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    Running,
+    Waiting(Instant),
+}
+
+#[derive(Debug)]
+struct Entry {
+    job: Job,
+    phase: Phase,
+    /// A newer request arrived while running: run again afterwards.
+    dirty: bool,
+    attempts: u32,
+}
+
+/// How a finished job went, as far as the queue cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Done,
+    /// Try again after a backoff.
+    Retry,
+}
+
+/// First retry delay; doubles per failed attempt up to `max_delay`.
+const BASE_DELAY: Duration = Duration::from_secs(2);
+
+pub struct Scheduler {
+    entries: HashMap<String, Entry>,
+    ready: VecDeque<String>,
+    waiting: BinaryHeap<Reverse<(Instant, String)>>,
+    running: usize,
+    jobs: usize,
+    max_delay: Duration,
+    rng: fastrand::Rng,
+}
+
+impl Scheduler {
+    pub fn new(jobs: usize, max_delay: Duration) -> Self {
+        Scheduler {
+            entries: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            running: 0,
+            jobs: jobs.max(1),
+            max_delay,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Ask for `job` on `key`. Returns true if the key was not known before.
+    pub fn request(&mut self, key: String, job: Job) -> bool {
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                entry.job = job;
+                match entry.phase {
+                    Phase::Queued => {}
+                    Phase::Running => entry.dirty = true,
+                    Phase::Waiting(_) => {
+                        entry.phase = Phase::Queued;
+                        self.ready.push_back(key);
+                    }
+                }
+                false
+            }
+            None => {
+                self.entries.insert(key.clone(), Entry { job, phase: Phase::Queued, dirty: false, attempts: 0 });
+                self.ready.push_back(key);
+                true
+            }
+        }
+    }
+
+    /// Move waiting entries whose time has come to the ready queue.
+    pub fn promote_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.waiting.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.waiting.pop() else { break };
+            // Stale heap items (the entry was re-requested or finished meanwhile) are skipped.
+            if let Some(entry) = self.entries.get_mut(&key) {
+                if entry.phase == Phase::Waiting(at) {
+                    entry.phase = Phase::Queued;
+                    self.ready.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// When the next waiting entry becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.waiting.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next job to start, if a job slot is free.
+    pub fn next_ready(&mut self) -> Option<(String, Job, u32)> {
+        if self.running >= self.jobs {
+            return None;
+        }
+        while let Some(key) = self.ready.pop_front() {
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            if entry.phase != Phase::Queued {
+                continue;
+            }
+            entry.phase = Phase::Running;
+            entry.dirty = false;
+            self.running += 1;
+            return Some((key, entry.job.clone(), entry.attempts));
+        }
+        None
+    }
+
+    /// Record how the running job for `key` ended; returns the retry time when it will be retried.
+    pub fn finish(&mut self, key: &str, how: Finish, now: Instant) -> Option<Instant> {
+        self.running = self.running.saturating_sub(1);
+        let entry = self.entries.get_mut(key)?;
+        if entry.dirty {
+            // Something changed while it ran: run the latest request now, whatever this run's outcome.
+            entry.phase = Phase::Queued;
+            entry.dirty = false;
+            self.ready.push_back(key.to_string());
+            return None;
+        }
+        match how {
+            Finish::Done => {
+                self.entries.remove(key);
+                None
+            }
+            Finish::Retry => {
+                entry.attempts += 1;
+                let attempts = entry.attempts;
+                let at = now + self.backoff(attempts);
+                let entry = self.entries.get_mut(key)?;
+                entry.phase = Phase::Waiting(at);
+                self.waiting.push(Reverse((at, key.to_string())));
+                Some(at)
+            }
+        }
+    }
+
+    /// Forget a key that is not running (a removal supersedes its pending upload, say).
+    pub fn cancel_if_idle(&mut self, key: &str) {
+        if self.entries.get(key).is_some_and(|e| e.phase != Phase::Running) {
+            self.entries.remove(key);
+        }
+    }
+
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let exp = BASE_DELAY.saturating_mul(1 << attempts.saturating_sub(1).min(16)).min(self.max_delay);
+        // Jitter in [50%, 100%]: spreads retries of many files that failed together.
+        let factor = 0.5 + self.rng.f64() * 0.5;
+        exp.mul_f64(factor)
+    }
+
+    /// Entries not finished (queued, running, or waiting).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Entries waiting for a retry.
+    pub fn waiting(&self) -> usize {
+        self.entries.values().filter(|e| matches!(e.phase, Phase::Waiting(_))).count()
+    }
+
+    /// Attempts so far for `key` (0 if unknown).
+    pub fn attempts(&self, key: &str) -> u32 {
+        self.entries.get(key).map_or(0, |e| e.attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(rel: &str) -> Job {
+        Job::Sync { rel: PathBuf::from(rel), renamed_from: None }
+    }
+
+    #[test]
+    fn one_entry_per_key_and_latest_wins() {
+        let mut s = Scheduler::new(2, Duration::from_secs(60));
+        assert!(s.request("k".into(), sync("a")));
+        assert!(!s.request("k".into(), Job::Remove { rel: "a".into() }));
+        assert_eq!(s.len(), 1);
+        let (key, job, _) = s.next_ready().unwrap();
+        assert_eq!((key.as_str(), job), ("k", Job::Remove { rel: "a".into() }));
+        assert!(s.next_ready().is_none());
+    }
+
+    #[test]
+    fn jobs_limit_is_respected() {
+        let mut s = Scheduler::new(2, Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            s.request(k.into(), sync(k));
+        }
+        assert!(s.next_ready().is_some());
+        assert!(s.next_ready().is_some());
+        assert!(s.next_ready().is_none(), "two jobs at most");
+        s.finish("a", Finish::Done, Instant::now());
+        assert_eq!(s.next_ready().unwrap().0, "c");
+    }
+
+    #[test]
+    fn a_request_while_running_runs_again_afterwards() {
+        let mut s = Scheduler::new(1, Duration::from_secs(60));
+        s.request("k".into(), sync("v1"));
+        s.next_ready().unwrap();
+        s.request("k".into(), sync("v2"));
+        assert!(s.finish("k", Finish::Done, Instant::now()).is_none());
+        let (_, job, _) = s.next_ready().unwrap();
+        assert_eq!(job, sync("v2"));
+    }
+
+    #[test]
+    fn failures_back_off_without_blocking_others() {
+        let mut s = Scheduler::new(1, Duration::from_secs(60));
+        let now = Instant::now();
+        s.request("bad".into(), sync("bad"));
+        s.request("good".into(), sync("good"));
+        s.next_ready().unwrap();
+        let at = s.finish("bad", Finish::Retry, now).unwrap();
+        assert!(at > now && at <= now + BASE_DELAY);
+        assert_eq!(s.next_ready().unwrap().0, "good", "the failing file does not block the other");
+        s.finish("good", Finish::Done, now);
+        assert!(s.next_ready().is_none(), "bad waits for its retry time");
+        s.promote_due(at);
+        let (key, _, attempts) = s.next_ready().unwrap();
+        assert_eq!((key.as_str(), attempts), ("bad", 1));
+        let again = s.finish("bad", Finish::Retry, at).unwrap();
+        assert!(again - at >= BASE_DELAY, "the second delay is longer");
+        assert_eq!(s.waiting(), 1);
+        // New information about a waiting key makes it ready at once.
+        s.request("bad".into(), sync("bad"));
+        assert_eq!(s.next_ready().unwrap().0, "bad");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut s = Scheduler::new(1, Duration::from_secs(60));
+        for attempts in 1..40 {
+            assert!(s.backoff(attempts) <= Duration::from_secs(60));
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Start-up: where the state lives, who else is running, what the remote is, and what an earlier run left.
+//!
+//! Order matters: the state database is opened (recovered if damaged) and locked before anything touches
+//! the remote, so two agents never work from one index; unfinished uploads are then resumed or aborted and
+//! unknown old uploads under the prefix are aborted (no orphaned parts keep costing money).
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{AgentSettings, Env, state_dir};
+use crate::remote::oss::{OssClient, OssConfig};
+use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, list_all_uploads};
+use crate::server::{RunningServer, Server, ServerConfig};
+use crate::state::{Checkpoint, OpenReport, StateDb};
+
+use super::AgentError;
+
+/// The default state database for a watch dir + bucket + prefix: readable, and unique per combination.
+pub fn default_state_db(settings: &AgentSettings, env: &dyn Env) -> PathBuf {
+    let watch = std::fs::canonicalize(&settings.watch).unwrap_or_else(|_| settings.watch.clone());
+    let mut h = blake3::Hasher::new();
+    h.update(watch.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    h.update(settings.bucket.as_bytes());
+    h.update(b"\0");
+    h.update(settings.prefix.as_bytes());
+    let base = watch.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(40).collect()
+    };
+    let name = format!("{}-{}-{}.db", clean(&settings.bucket), clean(&base), &h.finalize().to_hex()[..10]);
+    state_dir(env).join(name)
+}
+
+/// An exclusive lock held for the agent's lifetime: one agent per state database.
+#[derive(Debug)]
+pub struct AgentLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+pub fn lock(state_path: &Path) -> Result<AgentLock, AgentError> {
+    let path = state_path.with_extension("agent.lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| AgentError::Io(format!("opening {}: {e}", path.display())))?;
+    // flock: released by the kernel when the process dies, so a kill -9 never leaves a stale lock.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(AgentError::AlreadyRunning { state_db: state_path.to_path_buf() });
+    }
+    Ok(AgentLock { _file: file, path })
+}
+
+pub async fn open_state(path: &Path) -> Result<(StateDb, OpenReport), AgentError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || StateDb::open(&owned))
+        .await
+        .map_err(|e| AgentError::Io(format!("opening the state database: {e}")))?
+        .map_err(AgentError::State)
+}
+
+/// The local OSS-compatible server the agent runs when no endpoint is configured.
+pub struct Embedded {
+    pub server: RunningServer,
+    pub root: PathBuf,
+}
+
+/// Start the embedded server (data next to the state database) and a client for it. Random credentials:
+/// requests are signed like real ones, and nothing else on this machine can write to it.
+pub async fn embedded(state_path: &Path, bucket: &str) -> Result<(Embedded, Arc<dyn Remote>), AgentError> {
+    let root = state_path.with_extension("store");
+    let mut rng = fastrand::Rng::new();
+    let token = |rng: &mut fastrand::Rng| (0..24).map(|_| rng.alphanumeric()).collect::<String>();
+    let credentials = Credentials::new(format!("LOCAL{}", token(&mut rng)), token(&mut rng));
+    let mut config = ServerConfig::new(&root);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.credentials = Some(credentials.clone());
+    config.buckets = vec![bucket.to_string()];
+    let server = Server::start(config).await.map_err(|e| AgentError::Embedded(e.to_string()))?;
+    let mut client = OssConfig::new(server.endpoint());
+    client.region = Some("cn-hangzhou".into());
+    client.credentials = Some(credentials);
+    // Our own server accepts a Complete that leaves out parts past a shrunk file's end.
+    client.complete_with_part_subset = true;
+    let client = OssClient::new(client).map_err(|e| AgentError::Embedded(e.to_string()))?;
+    Ok((Embedded { server, root }, Arc::new(client)))
+}
+
+/// Check that the bucket is reachable and readable; returns whether anything exists under `prefix`.
+pub async fn probe(remote: &dyn Remote, bucket: &str, prefix: &str) -> Result<bool, RemoteError> {
+    let request = ListObjectsRequest {
+        prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+        max_keys: Some(1),
+        ..Default::default()
+    };
+    let page = remote.list_objects(bucket, &request).await?;
+    Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
+}
+
+fn ours(bucket: &str, prefix: &str, upload_bucket: &str, key: &str) -> bool {
+    upload_bucket == bucket && key.starts_with(prefix)
+}
+
+/// What recovery did, for the start-up log and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub kept: usize,
+    pub aborted_abandoned: usize,
+    pub aborted_orphans: usize,
+}
+
+/// Resume-or-abort every checkpoint, abort uploads salvaged from a damaged database, and abort unknown
+/// uploads under the prefix older than `orphan_age`.
+pub async fn recover(
+    state: &StateDb,
+    report: &OpenReport,
+    remote: &dyn Remote,
+    root: &Path,
+    bucket: &str,
+    prefix: &str,
+    orphan_age: Duration,
+) -> Result<Recovery, AgentError> {
+    let mut recovery = Recovery::default();
+    let abort = |b: String, k: String, u: String, why: &'static str| async move {
+        match remote.abort_multipart(&b, &k, &u).await {
+            Ok(()) => {
+                tracing::info!(bucket = %b, key = %k, upload_id = %u, reason = why, "aborted multipart upload");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %b, key = %k, upload_id = %u, error = %e, "could not abort multipart upload");
+                false
+            }
+        }
+    };
+    if let Some(q) = &report.quarantined {
+        tracing::warn!(moved_to = %q.moved_to.display(), reason = %q.reason,
+            "the state database was damaged: it was moved aside and a fresh one started; files are re-verified (adopted or uploaded)");
+        for s in q.salvaged_uploads.iter().filter(|s| ours(bucket, prefix, &s.bucket, &s.key)) {
+            if abort(s.bucket.clone(), s.key.clone(), s.upload_id.clone(), "listed in the damaged state database").await
+            {
+                recovery.aborted_abandoned += 1;
+            }
+        }
+    }
+    let mut known = std::collections::HashSet::new();
+    for checkpoint in state.list_checkpoints()? {
+        match checkpoint {
+            Checkpoint::Valid { upload, .. } => {
+                let in_scope = ours(bucket, prefix, &upload.bucket, &upload.key) && upload.local_path.starts_with(root);
+                if in_scope && upload.local_path.is_file() {
+                    known.insert(upload.upload_id.clone());
+                    recovery.kept += 1;
+                    continue;
+                }
+                let why = if in_scope { "its file is gone" } else { "it is outside the watched directory or prefix" };
+                if abort(upload.bucket.clone(), upload.key.clone(), upload.upload_id.clone(), why).await {
+                    recovery.aborted_abandoned += 1;
+                }
+                state.delete_upload(upload.id)?;
+            }
+            Checkpoint::Damaged { id, bucket: b, key: k, upload_id: u, reason } => {
+                tracing::warn!(checkpoint = id.0, %reason, "damaged checkpoint: not trusted");
+                if let (Some(b), Some(k), Some(u)) = (b, k, u) {
+                    if ours(bucket, prefix, &b, &k) && abort(b, k, u, "its checkpoint was damaged").await {
+                        recovery.aborted_abandoned += 1;
+                    }
+                }
+                state.delete_upload(id)?;
+            }
+        }
+    }
+    if let Err(e) = state.prune_stale_claims() {
+        tracing::warn!(error = %e, "could not prune stale upload claims");
+    }
+    match list_all_uploads(remote, bucket, (!prefix.is_empty()).then_some(prefix)).await {
+        Ok(uploads) => {
+            let cutoff = SystemTime::now() - orphan_age;
+            for u in uploads {
+                if known.contains(&u.upload_id) {
+                    continue;
+                }
+                // An upload without a date cannot be shown old: leave it for its owner.
+                if u.initiated.is_some_and(|t| t < cutoff)
+                    && abort(
+                        bucket.to_string(),
+                        u.key,
+                        u.upload_id,
+                        "orphaned (older than --orphan-age, unknown to this agent)",
+                    )
+                    .await
+                {
+                    recovery.aborted_orphans += 1;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list unfinished uploads; orphan cleanup skipped this time"),
+    }
+    Ok(recovery)
+}
