@@ -82,10 +82,23 @@ impl FileSnapshot {
 
     /// Time left until a snapshot taken at `now` would no longer be racy.
     pub fn racy_wait(&self, now: SystemTime) -> Duration {
+        self.racy_wait_within(now, self.racy_window())
+    }
+
+    /// [`FileSnapshot::racy_wait`] with an explicit window; never longer than the window.
+    ///
+    /// Timestamps further in the future than the window (`touch -d 2030`, a FAT disk in another time
+    /// zone, a clock stepped back) are not "the tick we are in": any later write stamps the present, which
+    /// differs from them, so such a snapshot is not racy. Waiting for that future would stall for years.
+    pub fn racy_wait_within(&self, now: SystemTime, window: Duration) -> Duration {
         let now_ns = now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         let newest = self.mtime_ns.max(self.ctime_ns);
-        let remaining = self.racy_window().as_nanos() as i64 - now_ns.saturating_sub(newest);
-        Duration::from_nanos(remaining.max(0) as u64)
+        let window_ns = window.as_nanos() as i64;
+        if newest > now_ns.saturating_add(window_ns) {
+            return Duration::ZERO;
+        }
+        let remaining = window_ns - now_ns.saturating_sub(newest);
+        Duration::from_nanos(remaining.clamp(0, window_ns) as u64)
     }
 }
 
@@ -129,5 +142,24 @@ mod tests {
         assert!(!whole.is_racy(t(1_700_000_004_000_000_001)));
         assert!(fine.is_racy(t(1_700_000_000_200_000_000)));
         assert!(!fine.is_racy(t(1_700_000_000_300_000_000)));
+    }
+
+    #[test]
+    fn future_timestamps_never_make_anyone_wait_for_the_future() {
+        let now = SystemTime::now();
+        let ns = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        let in_years = FileSnapshot {
+            size: 1,
+            mtime_ns: ns(now) + 3 * 365 * 86_400_000_000_000 + 7,
+            ctime_ns: ns(now) - 10_000_000_000,
+            inode: 1,
+            dev: 1,
+        };
+        assert_eq!(in_years.racy_wait(now), Duration::ZERO);
+        assert!(!in_years.is_racy(now));
+        // Slightly ahead (within the window): still racy, and the wait is capped by the window.
+        let slightly = FileSnapshot { mtime_ns: ns(now) + 50_000_000, ..in_years };
+        assert!(slightly.racy_wait(now) <= slightly.racy_window());
+        assert!(slightly.is_racy(now));
     }
 }

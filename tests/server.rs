@@ -559,3 +559,25 @@ fn sigterm_stops_the_server_cleanly() {
     let server = server.restart_with(|_| {});
     assert_eq!(req(&server, "GET", "/bkt/k", &[], b"").body, b"x");
 }
+
+/// A page size of 0 must not produce a "truncated" page whose marker cannot advance: clients would loop.
+#[test]
+fn zero_page_sizes_still_make_progress() {
+    let server = ServerProcess::start(ServeOptions::new().bucket("bkt"));
+    let upload_id = initiate(&server, "/bkt/paged");
+    for n in 1..=3 {
+        upload_part(&server, "/bkt/paged", &upload_id, n, &content("paged", 10));
+    }
+    let r = req(&server, "GET", &format!("/bkt/paged?uploadId={upload_id}&max-parts=0"), &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(xml_values(&r.text(), "PartNumber"), ["1"], "one part per page at least");
+    assert_eq!(xml_values(&r.text(), "NextPartNumberMarker"), ["1"]);
+    for key in ["a", "b"] {
+        assert_eq!(req(&server, "PUT", &format!("/bkt/{key}"), &[], b"x").status, 200);
+    }
+    let r = req(&server, "GET", "/bkt/?list-type=2&max-keys=0", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(xml_values(&r.text(), "Key"), ["a"]);
+    assert_eq!(xml_values(&r.text(), "IsTruncated"), ["true"]);
+    assert_eq!(xml_values(&r.text(), "NextContinuationToken").len(), 1);
+}

@@ -16,10 +16,13 @@ use super::EngineError;
 use crate::checksum::Blake3;
 use crate::snapshot::FileSnapshot;
 
-/// An open regular file and the snapshot taken when it was opened.
+/// An open regular file and the snapshot taken when it was opened (cheap to clone: the file is shared).
+#[derive(Clone)]
 pub(super) struct Opened {
     pub file: Arc<File>,
     pub snapshot: FileSnapshot,
+    /// Whether a symbolic link at the path is followed (reopening after a replace obeys the same rule).
+    pub follow: bool,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -58,23 +61,29 @@ pub(super) fn file_kind(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Open `path` for reading, refusing anything that is not a regular file.
-pub(super) async fn open_regular(path: &Path) -> Result<Opened, EngineError> {
+/// Open `path` for reading, refusing anything that is not a regular file. Without `follow`, a symbolic
+/// link is refused too (`O_NOFOLLOW`): an agent told not to follow links must not upload what one points to,
+/// even if the link appears at the path while the file is being uploaded.
+pub(super) async fn open_regular(path: &Path, follow: bool) -> Result<Opened, EngineError> {
     let owned = path.to_path_buf();
-    blocking(path, move || open_blocking(&owned)).await
+    blocking(path, move || open_blocking(&owned, follow)).await
 }
 
-fn open_blocking(path: &PathBuf) -> Result<Opened, EngineError> {
+fn open_blocking(path: &PathBuf, follow: bool) -> Result<Opened, EngineError> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
         .open(path)
-        .map_err(|e| open_err(path, e))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) if !follow => EngineError::NotRegular { path: path.clone(), kind: "a symbolic link" },
+            _ => open_err(path, e),
+        })?;
     let meta = file.metadata().map_err(|e| open_err(path, e))?;
     if !meta.file_type().is_file() {
         return Err(EngineError::NotRegular { path: path.clone(), kind: file_kind(&meta.file_type()) });
     }
-    Ok(Opened { file: Arc::new(file), snapshot: FileSnapshot::from_metadata(&meta) })
+    Ok(Opened { file: Arc::new(file), snapshot: FileSnapshot::from_metadata(&meta), follow })
 }
 
 /// The file's current snapshot, from the descriptor.
@@ -96,7 +105,7 @@ pub(super) async fn wait_not_racy(
         refresh_if_replaced(path, opened).await?;
         let snapshot = fstat(path, &opened.file).await?;
         let now = SystemTime::now();
-        let wait = racy_wait(&snapshot, now, window);
+        let wait = snapshot.racy_wait_within(now, snapshot.racy_window().min(window));
         if wait.is_zero() {
             opened.snapshot = snapshot;
             return Ok(snapshot);
@@ -107,24 +116,21 @@ pub(super) async fn wait_not_racy(
     Err(EngineError::KeepsChanging { path: path.to_path_buf(), passes: 0 })
 }
 
-/// The snapshot's own racy wait, capped by the configured window (tests shorten it).
-fn racy_wait(snapshot: &FileSnapshot, now: SystemTime, cap: Duration) -> Duration {
-    let now_ns = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    let newest = snapshot.mtime_ns.max(snapshot.ctime_ns);
-    let window = snapshot.racy_window().min(cap);
-    let remaining = window.as_nanos() as i64 - now_ns.saturating_sub(newest);
-    Duration::from_nanos(remaining.max(0) as u64)
-}
-
-/// If the path now names a different file (replaced by a rename), reopen it. Errors if it vanished.
+/// If the path now names a different file (replaced by a rename), reopen it. Errors if it vanished (or,
+/// without `follow`, became a symbolic link).
 pub(super) async fn refresh_if_replaced(path: &Path, opened: &mut Opened) -> Result<bool, EngineError> {
     let owned = path.to_path_buf();
-    let at_path = blocking(path, move || FileSnapshot::of_path(&owned).map_err(|e| open_err(&owned, e))).await?;
+    let follow = opened.follow;
+    let at_path = blocking(path, move || {
+        let meta = if follow { std::fs::metadata(&owned) } else { std::fs::symlink_metadata(&owned) };
+        meta.map(|m| FileSnapshot::from_metadata(&m)).map_err(|e| open_err(&owned, e))
+    })
+    .await?;
     if at_path.same_file(&opened.snapshot) {
         return Ok(false);
     }
     tracing::info!(path = %path.display(), "file was replaced (renamed over); reading the new one");
-    *opened = open_regular(path).await?;
+    *opened = open_regular(path, follow).await?;
     Ok(true)
 }
 
@@ -222,13 +228,13 @@ mod tests {
         let fifo = dir.path().join("pipe");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        match open_regular(&fifo).await {
+        match open_regular(&fifo, true).await {
             Err(EngineError::NotRegular { kind, .. }) => assert_eq!(kind, "a FIFO"),
             Err(e) => panic!("expected NotRegular, got {e}"),
             Ok(_) => panic!("expected NotRegular, got a file"),
         }
-        assert!(matches!(open_regular(dir.path()).await, Err(EngineError::NotRegular { .. })));
-        assert!(matches!(open_regular(&dir.path().join("missing")).await, Err(EngineError::Vanished { .. })));
+        assert!(matches!(open_regular(dir.path(), true).await, Err(EngineError::NotRegular { .. })));
+        assert!(matches!(open_regular(&dir.path().join("missing"), true).await, Err(EngineError::Vanished { .. })));
     }
 
     #[tokio::test]
@@ -237,7 +243,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let opened = open_regular(&path).await.unwrap();
+        let opened = open_regular(&path, true).await.unwrap();
         let h = hash_range(&path, &opened.file, 1000, 2_500_000).await.unwrap();
         let part = &data[1000..2_501_000];
         let expected = PartHashes {
@@ -256,7 +262,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"old").unwrap();
-        let mut opened = open_regular(&path).await.unwrap();
+        let mut opened = open_regular(&path, true).await.unwrap();
         let before = opened.snapshot;
         let tmp = dir.path().join("f.tmp");
         std::fs::write(&tmp, b"new content").unwrap();
@@ -265,5 +271,47 @@ mod tests {
         assert_eq!(opened.snapshot.size, 11);
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(unchanged_since(&path, &mut opened, before).await, Err(EngineError::Vanished { .. })));
+    }
+}
+
+#[cfg(test)]
+mod symlink_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn links_are_refused_unless_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        std::fs::write(&target, b"private").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        match open_regular(&link, false).await {
+            Err(EngineError::NotRegular { kind, .. }) => assert_eq!(kind, "a symbolic link"),
+            Err(e) => panic!("expected NotRegular, got {e}"),
+            Ok(_) => panic!("a link was opened without --follow-symlinks"),
+        }
+        assert_eq!(open_regular(&link, true).await.unwrap().snapshot.size, 7);
+        // A regular file replaced by a link mid-upload is not followed either.
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"data").unwrap();
+        let mut opened = open_regular(&file, false).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        assert!(matches!(refresh_if_replaced(&file, &mut opened).await, Err(EngineError::NotRegular { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_future_timestamp_does_not_stall_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(future).unwrap();
+        let mut opened = open_regular(&path, true).await.unwrap();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(30), wait_not_racy(&path, &mut opened, Duration::from_secs(2)))
+                .await
+                .expect("wait_not_racy returned");
+        assert_eq!(waited.unwrap().size, 1);
     }
 }

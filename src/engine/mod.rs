@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub keep_checkpoint: bool,
     /// A cap on parts in flight shared by every upload of this engine (the agent's global limit).
     pub global_parts_in_flight: Option<Arc<Semaphore>>,
+    /// Upload what a symbolic link at the path points to (`cp`: yes, the user named it; the agent: only
+    /// with `--follow-symlinks`). Without it a link is refused, even one that appears mid-upload.
+    pub follow_symlinks: bool,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             racy_window: RACY_WINDOW,
             keep_checkpoint: true,
             global_parts_in_flight: None,
+            follow_symlinks: true,
         }
     }
 }
@@ -256,11 +260,47 @@ impl Engine {
         let remote_err = |source| EngineError::Remote { key: spec.key.clone(), source };
         crate::remote::names::validate_bucket(&spec.bucket).map_err(remote_err)?;
         crate::remote::names::validate_key(&spec.key).map_err(remote_err)?;
-        let claim = self.inner.state.claim(&spec.path, &spec.bucket, &spec.key, 0)?;
-        let reporter = Reporter { tx: progress, claim, last_beat: Mutex::new(Instant::now()) };
-        reporter.report(Progress::default())?;
+        let claim = Arc::new(self.inner.state.claim(&spec.path, &spec.bucket, &spec.key, 0)?);
+        let done_bytes = Arc::new(AtomicU64::new(0));
+        // Heartbeat the claim while the upload runs, also through a long part, a retry loop or a slow
+        // Complete: another process must never take over a live upload as stale.
+        // The task holds the claim weakly: if this future is dropped (a hard stop), the claim is released at
+        // once instead of living on in the timer task.
+        let heartbeat = {
+            let (claim, done_bytes) = (Arc::downgrade(&claim), done_bytes.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(HEARTBEAT);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(claim) = claim.upgrade() else { return };
+                    if claim.progress(done_bytes.load(Ordering::Relaxed)).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let reporter = Reporter { tx: progress, claim, done_bytes, last_beat: Mutex::new(Instant::now()) };
+        let result = self.upload_claimed(spec, &reporter, cancel).await;
+        heartbeat.abort();
+        // Wait for the aborted task to drop its handle, so the claim is released before we return.
+        let _ = heartbeat.await;
+        if let Ok(claim) = Arc::try_unwrap(reporter.claim) {
+            if let Err(e) = claim.release() {
+                tracing::warn!(key = %spec.key, error = %e, "could not release the upload claim");
+            }
+        }
+        result
+    }
 
-        let opened = io::open_regular(&spec.path).await?;
+    async fn upload_claimed(
+        &self,
+        spec: &UploadSpec,
+        reporter: &Reporter<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<UploadOutcome, EngineError> {
+        reporter.report(Progress::default())?;
+        let opened = io::open_regular(&spec.path, self.inner.config.follow_symlinks).await?;
         reporter.claim.set_total_bytes(opened.snapshot.size)?;
         let checkpoint = self.inner.state.find_checkpoint(&spec.path, &spec.bucket, &spec.key)?;
         let small = opened.snapshot.size <= self.inner.config.multipart_threshold;
@@ -269,9 +309,9 @@ impl Engine {
                 // The file shrank to a small one since an earlier multipart attempt: that upload is useless.
                 multipart::discard_checkpoint(&self.inner, &cp, "the file is now small enough for one PutObject").await;
             }
-            self.single_put(spec, opened, &reporter, cancel).await?
+            self.single_put(spec, opened, reporter, cancel).await?
         } else {
-            multipart::Session::run(self.inner.clone(), spec, opened, checkpoint, &reporter, cancel).await?
+            multipart::Session::run(self.inner.clone(), spec, opened, checkpoint, reporter, cancel).await?
         };
         reporter.report(Progress {
             phase: Phase::Done,
@@ -281,9 +321,6 @@ impl Engine {
             parts_done: outcome.part_blake3.len() as u32,
             pass: outcome.passes,
         })?;
-        if let Err(e) = reporter.claim.release() {
-            tracing::warn!(key = %spec.key, error = %e, "could not release the upload claim");
-        }
         Ok(outcome)
     }
 
@@ -318,6 +355,12 @@ impl Engine {
                 EngineStats::add(&inner.stats.change_passes, 1);
             }
             let snapshot = io::wait_not_racy(&spec.path, &mut opened, inner.config.racy_window).await?;
+            if snapshot.size > inner.config.multipart_threshold {
+                // It grew (or was replaced by a larger file) since it was opened: never read a large file
+                // into memory, hand it to the multipart path.
+                // Boxed: the multipart path can hand an emptied file back here, a (bounded) recursion.
+                return Box::pin(multipart::Session::run(inner.clone(), spec, opened, None, reporter, cancel)).await;
+            }
             reporter.report(Progress {
                 phase: Phase::Uploading,
                 total_bytes: snapshot.size,
@@ -365,15 +408,22 @@ impl Engine {
 /// heartbeat is a database write). A claim taken over by another process stops the upload.
 pub(crate) struct Reporter<'a> {
     tx: Option<&'a watch::Sender<Progress>>,
-    claim: Claim,
+    claim: Arc<Claim>,
+    /// The latest progress, for the heartbeat timer.
+    done_bytes: Arc<AtomicU64>,
     last_beat: Mutex<Instant>,
 }
+
+/// How often a running upload's claim is refreshed, whatever the upload is doing (well below
+/// `state::CLAIM_STALE_AFTER`).
+const HEARTBEAT: Duration = Duration::from_secs(30);
 
 impl Reporter<'_> {
     fn report(&self, progress: Progress) -> Result<(), EngineError> {
         if let Some(tx) = self.tx {
             tx.send_replace(progress);
         }
+        self.done_bytes.store(progress.done_bytes, Ordering::Relaxed);
         let due = {
             let mut last = self.last_beat.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.elapsed() >= Duration::from_secs(1) || progress.phase == Phase::Done;

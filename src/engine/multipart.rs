@@ -129,7 +129,7 @@ impl Session {
                 session.abandon("the file became empty").await;
                 // Hand back to the small-file path through a fresh engine call.
                 let engine = super::Engine { inner: session.inner.clone() };
-                let reopened = io::open_regular(&spec.path).await?;
+                let reopened = io::open_regular(&spec.path, session.inner.config.follow_symlinks).await?;
                 engine.single_put(spec, reopened, reporter, cancel).await
             }
             Err(e) => {
@@ -194,7 +194,7 @@ impl Session {
         Ok(Some(Session {
             inner: inner.clone(),
             spec: spec.clone(),
-            opened: Opened { file: opened.file.clone(), snapshot: opened.snapshot },
+            opened: opened.clone(),
             upload_id: upload.upload_id,
             row: upload.id,
             part_size: upload.part_size,
@@ -272,7 +272,7 @@ impl Session {
     async fn restart(&mut self, size: u64, why: &str) -> Result<(), EngineError> {
         tracing::info!(key = %self.spec.key, upload_id = %self.upload_id, reason = why, "restarting with a new upload");
         self.abandon(why).await;
-        let opened = Opened { file: self.opened.file.clone(), snapshot: self.opened.snapshot };
+        let opened = self.opened.clone();
         let fresh = Self::start(self.inner.clone(), &self.spec, opened, size, self.fingerprint.clone()).await?;
         let (sent, reused, bytes) = (self.parts_sent, self.parts_reused, self.bytes_sent);
         *self = Session { parts_sent: sent, parts_reused: reused, bytes_sent: bytes, ..fresh };
@@ -480,7 +480,7 @@ impl Session {
                     _ => {
                         tracing::warn!(%key, upload_id = %self.upload_id, "upload vanished before Complete; starting a new one");
                         self.inner.state.delete_upload(self.row)?;
-                        let opened = Opened { file: self.opened.file.clone(), snapshot: self.opened.snapshot };
+                        let opened = self.opened.clone();
                         let fresh =
                             Self::start(self.inner.clone(), &self.spec, opened, plan.size, self.fingerprint.clone())
                                 .await?;

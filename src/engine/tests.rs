@@ -599,3 +599,26 @@ async fn crc64nvme_servers_are_verified_too() {
     let err = upload(&bed.engine(config()), &bed.spec(&other)).await.unwrap_err();
     assert!(matches!(err, EngineError::Integrity { .. }), "{err}");
 }
+
+/// A "small" file that grows past the threshold between single-PUT attempts is handed to the multipart
+/// path, never read whole into memory.
+#[tokio::test]
+async fn a_small_file_that_grows_goes_multipart() {
+    let bed = Bed::new(MemoryRemote::new()).await;
+    let mut content = data(5000, 20);
+    let path = bed.file("grows", &content);
+    let tail = data((PART * 3) as usize, 21);
+    let (target, tail2) = (path.clone(), tail.clone());
+    let grown = AtomicU32::new(0);
+    bed.remote.set_hook(move |r: &RequestInfo| {
+        if r.op == "PutObject" && grown.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::fs::OpenOptions::new().append(true).open(&target).unwrap().write_all(&tail2).unwrap();
+        }
+        HookAction::Proceed
+    });
+    let out = upload(&bed.engine(config()), &bed.spec(&path)).await.unwrap();
+    content.extend_from_slice(&tail);
+    assert_eq!(bed.object(), content);
+    assert_eq!(bed.remote.count("InitiateMultipartUpload"), 1, "the grown file went multipart");
+    assert_eq!(out.part_blake3.len(), 4);
+}

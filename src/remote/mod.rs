@@ -335,6 +335,14 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     ) -> Result<ListUploadsPage, RemoteError>;
 }
 
+/// More pages than any legal listing has (10,000 parts or a million uploads at 1000 per page): a server
+/// that keeps answering "truncated" past this is broken, not busy.
+const MAX_PAGES: usize = 100_000;
+
+fn pagination_error(op: &'static str, detail: &str) -> RemoteError {
+    RemoteError::BadResponse { op, detail: detail.into(), request_id: None }
+}
+
 /// Every part of an upload, following ListParts pagination to the end.
 pub async fn list_all_parts(
     remote: &dyn Remote,
@@ -343,22 +351,26 @@ pub async fn list_all_parts(
     upload_id: &str,
 ) -> Result<Vec<ListedPart>, RemoteError> {
     let mut parts = Vec::new();
-    let mut marker = None;
-    loop {
+    let mut marker: Option<u32> = None;
+    for _ in 0..MAX_PAGES {
         let page = remote.list_parts(bucket, key, upload_id, marker).await?;
         parts.extend(page.parts);
         match page.next_part_number_marker {
-            // A server that answers "truncated" without moving forward would loop forever.
-            Some(next) if Some(next) != marker => marker = Some(next),
-            Some(_) => {
-                return Err(RemoteError::BadResponse {
-                    op: "ListParts",
-                    detail: "pagination marker did not advance".into(),
-                    request_id: None,
-                });
-            }
+            // Markers must strictly increase: one that stands still or goes back (even alternating) would
+            // loop forever while the list grows.
+            Some(next) if marker.is_none_or(|m| next > m) => marker = Some(next),
+            Some(_) => return Err(pagination_error("ListParts", "pagination marker did not advance")),
             None => return Ok(parts),
         }
+    }
+    Err(pagination_error("ListParts", "too many pages"))
+}
+
+fn markers_advance(request: &ListUploadsRequest, key: &str, upload_id: &str) -> bool {
+    match (&request.key_marker, &request.upload_id_marker) {
+        (Some(k), Some(u)) => (key, upload_id) > (k.as_str(), u.as_str()),
+        (Some(k), None) => key > k.as_str(),
+        _ => true,
     }
 }
 
@@ -370,24 +382,124 @@ pub async fn list_all_uploads(
 ) -> Result<Vec<ListedUpload>, RemoteError> {
     let mut uploads = Vec::new();
     let mut request = ListUploadsRequest { prefix: prefix.map(str::to_string), ..Default::default() };
-    loop {
+    for _ in 0..MAX_PAGES {
         let page = remote.list_multipart_uploads(bucket, &request).await?;
         uploads.extend(page.uploads);
         match page.next_markers {
-            Some((k, u))
-                if request.key_marker.as_deref() != Some(&k) || request.upload_id_marker.as_deref() != Some(&u) =>
-            {
+            // (key, upload id) markers must strictly increase, as the listing is ordered by them.
+            Some((k, u)) if markers_advance(&request, &k, &u) => {
                 request.key_marker = Some(k);
                 request.upload_id_marker = Some(u);
             }
-            Some(_) => {
-                return Err(RemoteError::BadResponse {
-                    op: "ListMultipartUploads",
-                    detail: "pagination markers did not advance".into(),
-                    request_id: None,
-                });
-            }
+            Some(_) => return Err(pagination_error("ListMultipartUploads", "pagination markers did not advance")),
             None => return Ok(uploads),
         }
+    }
+    Err(pagination_error("ListMultipartUploads", "too many pages"))
+}
+
+#[cfg(test)]
+mod pagination_tests {
+    use super::memory::MemoryRemote;
+    use super::*;
+
+    /// A remote whose ListParts alternates its marker (5, 3, 5, 3, …): the walk must stop with an error,
+    /// not loop forever growing its list.
+    #[derive(Debug)]
+    struct Oscillating(MemoryRemote);
+
+    #[async_trait]
+    impl Remote for Oscillating {
+        fn dialect(&self) -> Dialect {
+            self.0.dialect()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        fn endpoint_display(&self) -> String {
+            self.0.endpoint_display()
+        }
+        async fn create_bucket(&self, b: &str) -> Result<(), RemoteError> {
+            self.0.create_bucket(b).await
+        }
+        async fn put_object(&self, b: &str, k: &str, body: Body, o: &ObjectOptions) -> Result<PutResult, RemoteError> {
+            self.0.put_object(b, k, body, o).await
+        }
+        async fn head_object(&self, b: &str, k: &str) -> Result<Option<ObjectInfo>, RemoteError> {
+            self.0.head_object(b, k).await
+        }
+        async fn get_object(&self, b: &str, k: &str, r: Option<ByteRange>) -> Result<GetResult, RemoteError> {
+            self.0.get_object(b, k, r).await
+        }
+        async fn delete_object(&self, b: &str, k: &str) -> Result<(), RemoteError> {
+            self.0.delete_object(b, k).await
+        }
+        async fn delete_objects(&self, b: &str, k: &[String]) -> Result<Vec<DeleteFailure>, RemoteError> {
+            self.0.delete_objects(b, k).await
+        }
+        async fn list_objects(&self, b: &str, r: &ListObjectsRequest) -> Result<ListObjectsPage, RemoteError> {
+            self.0.list_objects(b, r).await
+        }
+        async fn copy_object(&self, b: &str, s: &str, d: &str) -> Result<CopyResult, RemoteError> {
+            self.0.copy_object(b, s, d).await
+        }
+        async fn initiate_multipart(&self, b: &str, k: &str, o: &ObjectOptions) -> Result<String, RemoteError> {
+            self.0.initiate_multipart(b, k, o).await
+        }
+        async fn upload_part(&self, b: &str, k: &str, u: &str, n: u32, body: Body) -> Result<PartResult, RemoteError> {
+            self.0.upload_part(b, k, u, n, body).await
+        }
+        async fn upload_part_copy(
+            &self,
+            b: &str,
+            k: &str,
+            u: &str,
+            n: u32,
+            sb: &str,
+            sk: &str,
+            r: Option<ByteRange>,
+        ) -> Result<CopyPartResult, RemoteError> {
+            self.0.upload_part_copy(b, k, u, n, sb, sk, r).await
+        }
+        async fn list_parts(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            marker: Option<u32>,
+        ) -> Result<ListPartsPage, RemoteError> {
+            let next = if marker == Some(5) { 3 } else { 5 };
+            Ok(ListPartsPage { parts: Vec::new(), next_part_number_marker: Some(next) })
+        }
+        async fn complete_multipart(
+            &self,
+            b: &str,
+            k: &str,
+            u: &str,
+            p: &[CompletedPart],
+            o: &CompleteOptions,
+        ) -> Result<CompleteResult, RemoteError> {
+            self.0.complete_multipart(b, k, u, p, o).await
+        }
+        async fn abort_multipart(&self, b: &str, k: &str, u: &str) -> Result<(), RemoteError> {
+            self.0.abort_multipart(b, k, u).await
+        }
+        async fn list_multipart_uploads(
+            &self,
+            _: &str,
+            r: &ListUploadsRequest,
+        ) -> Result<ListUploadsPage, RemoteError> {
+            let next = if r.key_marker.as_deref() == Some("b") { "a" } else { "b" };
+            Ok(ListUploadsPage { uploads: Vec::new(), next_markers: Some((next.into(), "u".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn oscillating_markers_end_the_walk() {
+        let r = Oscillating(MemoryRemote::new());
+        let e = list_all_parts(&r, "b", "k", "u").await.unwrap_err();
+        assert!(e.to_string().contains("did not advance"), "{e}");
+        let e = list_all_uploads(&r, "b", None).await.unwrap_err();
+        assert!(e.to_string().contains("did not advance"), "{e}");
     }
 }

@@ -197,14 +197,18 @@ fn verify_v1_header(
     check_token(cfg, req.header("x-oss-security-token"), token_expired)?;
     // V1 signs the Date header; py-oss2 signs x-oss-date instead when it sends one (§1.2), so accept either.
     let dates: Vec<&str> = [req.header("date"), req.header("x-oss-date")].into_iter().flatten().collect();
-    let first = *dates.first().ok_or_else(missing_date)?;
-    let request_time = timefmt::parse_rfc1123(first).ok_or_else(missing_date)?;
+    if dates.is_empty() {
+        return Err(missing_date());
+    }
     let secret = cfg.access_key_secret.expose();
     let input = req.sign_input();
     let mut first_sts = None;
     for date in &dates {
         let sts = string_to_sign_v1(&input, date, &[]);
         if constant_time_eq(signature_v1(secret, &sts).as_bytes(), provided.as_bytes()) {
+            // The skew check must use the date the signature covers: checking a fresh, unsigned Date while
+            // the signature covers an old x-oss-date would let a captured request be replayed forever.
+            let request_time = timefmt::parse_rfc1123(date).ok_or_else(missing_date)?;
             return skew_check(request_time, now);
         }
         first_sts.get_or_insert(sts);
@@ -480,6 +484,25 @@ mod tests {
             let late = now + Duration::from_secs(16 * 60);
             assert_eq!(verify(&cfg(None), &req(&h, &query), late, false).unwrap_err().code, "RequestTimeTooSkewed");
         }
+    }
+
+    /// A V1 signature covering an old `x-oss-date` (py-oss2 signs it when present) must not be revived by
+    /// a fresh, unsigned `Date`: the skew check applies to the date the signature covers.
+    #[test]
+    fn v1_replay_with_a_fresh_date_header_is_refused() {
+        use crate::remote::oss::sign::{SignInput, signature_v1, string_to_sign_v1};
+        let now = SystemTime::now();
+        let old = crate::timefmt::rfc1123(now - Duration::from_secs(3600));
+        let query = q(&[]);
+        let mut h = HeaderMap::new();
+        h.insert("x-oss-date", HeaderValue::from_str(&old).unwrap());
+        let input = SignInput { method: "PUT", bucket: Some("bkt"), key: Some("a b/c+d"), query: &query, headers: &h };
+        let sig = signature_v1("SK", &string_to_sign_v1(&input, &old, &[]));
+        h.insert("authorization", HeaderValue::from_str(&format!("OSS AK:{sig}")).unwrap());
+        h.insert("date", HeaderValue::from_str(&crate::timefmt::rfc1123(now)).unwrap());
+        assert_eq!(verify(&cfg(None), &req(&h, &query), now, false).unwrap_err().code, "RequestTimeTooSkewed");
+        // The same request within the skew window is fine.
+        assert!(verify(&cfg(None), &req(&h, &query), now - Duration::from_secs(3600), false).is_ok());
     }
 
     #[test]

@@ -292,7 +292,7 @@ fn upload_id(ctx: &Ctx) -> Result<String, OssError> {
     }
 }
 
-/// `max-keys` style integer parameter: absent or empty means `default`; `0..=max` accepted.
+/// Integer parameter: absent or empty means `default`; `0..=max` accepted.
 fn int_param(ctx: &Ctx, name: &str, default: usize, max: usize) -> Result<usize, OssError> {
     match ctx.query.non_empty(name) {
         None => Ok(default),
@@ -302,6 +302,12 @@ fn int_param(ctx: &Ctx, name: &str, default: usize, max: usize) -> Result<usize,
             })
         }
     }
+}
+
+/// A listing page size (`max-keys`, `max-parts`, `max-uploads`): at most 1000, and at least 1 — a page of
+/// zero entries marked truncated has no marker to continue from, and clients would loop on it.
+fn page_size(ctx: &Ctx, name: &str, default: usize) -> Result<usize, OssError> {
+    int_param(ctx, name, default, 1000).map(|n| n.max(1))
 }
 
 /// Evaluate If-Match / If-None-Match / If-Modified-Since / If-Unmodified-Since (or their copy-source forms).
@@ -480,7 +486,7 @@ async fn list_objects(shared: &Shared, ctx: &Ctx, v2: bool) -> OpResult {
     let url = url_encoding(ctx)?;
     let prefix = ctx.query.non_empty("prefix").unwrap_or("").to_string();
     let delimiter = ctx.query.non_empty("delimiter").map(str::to_string);
-    let max = int_param(ctx, "max-keys", 100, 1000)?;
+    let max = page_size(ctx, "max-keys", 100)?;
     let token = ctx.query.non_empty("continuation-token");
     let start_after = ctx.query.non_empty("start-after");
     let marker = ctx.query.non_empty("marker");
@@ -560,7 +566,7 @@ async fn list_uploads(shared: &Shared, ctx: &Ctx) -> OpResult {
     let key_marker = ctx.query.non_empty("key-marker").map(str::to_string);
     // The upload-id marker only means something with a key marker.
     let upload_id_marker = key_marker.as_ref().and(ctx.query.non_empty("upload-id-marker")).map(str::to_string);
-    let max = int_param(ctx, "max-uploads", 1000, 1000)?;
+    let max = page_size(ctx, "max-uploads", 1000)?;
 
     let (store, bucket) = (shared.store.clone(), ctx.bucket().to_string());
     let (p, d, km, um) = (prefix.clone(), delimiter.clone(), key_marker.clone(), upload_id_marker.clone());
@@ -1073,7 +1079,7 @@ async fn upload_part_copy(shared: &Shared, ctx: &Ctx) -> OpResult {
 async fn list_parts(shared: &Shared, ctx: &Ctx) -> OpResult {
     let url = url_encoding(ctx)?;
     let id = upload_id(ctx)?;
-    let max = int_param(ctx, "max-parts", 1000, 1000)?;
+    let max = page_size(ctx, "max-parts", 1000)?;
     let marker = int_param(ctx, "part-number-marker", 0, u32::MAX as usize)? as u32;
     let (store, bucket, key, i) = (shared.store.clone(), ctx.bucket().to_string(), ctx.key().to_string(), id.clone());
     let (upload, parts, truncated) = blocking(move || store.list_parts(&bucket, &key, &i, marker, max)).await?;

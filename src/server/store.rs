@@ -1334,10 +1334,17 @@ impl BlobWriter {
         drop(file);
         let dest = blob_path(&inner.data_dir, &self.name);
         let fan_dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| inner.data_dir.clone());
+        let new_fan_dir = !fan_dir.exists();
         fs::create_dir_all(&fan_dir).map_err(|e| ServerError::io(format!("create {}", fan_dir.display()), e))?;
         fs::rename(&self.tmp_path, &dest).map_err(|e| ServerError::io(format!("rename into {}", dest.display()), e))?;
         if inner.fsync {
             sync_dir(&fan_dir).map_err(|e| ServerError::io(format!("fsync {}", fan_dir.display()), e))?;
+            // A new fan directory is itself an entry of data/: without this, a power loss could lose the
+            // directory (and the blob in it) whose index row commits next.
+            if new_fan_dir {
+                sync_dir(&inner.data_dir)
+                    .map_err(|e| ServerError::io(format!("fsync {}", inner.data_dir.display()), e))?;
+            }
         }
         crash_point("blob_durable");
         Ok(NewBlob {
