@@ -197,7 +197,8 @@ fn verify_v1_header(
     check_token(cfg, req.header("x-oss-security-token"), token_expired)?;
     // V1 signs the Date header; py-oss2 signs x-oss-date instead when it sends one (§1.2), so accept either.
     let dates: Vec<&str> = [req.header("date"), req.header("x-oss-date")].into_iter().flatten().collect();
-    if dates.is_empty() {
+    // A request whose dates are all unreadable is refused as such, before any signature is compared.
+    if dates.iter().all(|d| timefmt::parse_rfc1123(d).is_none()) {
         return Err(missing_date());
     }
     let secret = cfg.access_key_secret.expose();
