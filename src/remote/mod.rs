@@ -16,6 +16,8 @@ pub mod memory;
 pub mod names;
 pub mod oss;
 pub mod retry;
+pub(crate) mod transport;
+pub mod xml;
 
 use std::time::SystemTime;
 
