@@ -1,0 +1,2 @@
+//! The S3 dialect (placeholder, filled in below).
+pub mod sign;
