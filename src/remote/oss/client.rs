@@ -190,7 +190,7 @@ impl<'a> Call<'a> {
     }
 }
 
-fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
+pub(crate) fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
     HeaderValue::from_str(value).map_err(|_| {
         RemoteError::invalid_input(
             format!("{what} {value:?} cannot be sent as an HTTP header"),
@@ -199,7 +199,7 @@ fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
     })
 }
 
-fn content_md5(body: &[u8]) -> HeaderValue {
+pub(crate) fn content_md5(body: &[u8]) -> HeaderValue {
     let b64 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
     // Base64 is always a valid header value.
     HeaderValue::from_str(&b64).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -289,7 +289,7 @@ fn checked_acl(acl: &str) -> Result<HeaderValue, RemoteError> {
     header_value("ACL", acl)
 }
 
-fn check_key(key: &str) -> Result<(), RemoteError> {
+pub(crate) fn check_key(key: &str) -> Result<(), RemoteError> {
     validate_key(key)?;
     if key == "." || key == ".." {
         // URL normalization resolves these segments away: the request would address something else.
@@ -301,7 +301,7 @@ fn check_key(key: &str) -> Result<(), RemoteError> {
     Ok(())
 }
 
-fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteError> {
+pub(crate) fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteError> {
     if upload_id.trim().is_empty() {
         return Err(RemoteError::invalid_input("empty upload id", "pass the id InitiateMultipartUpload returned"));
     }
@@ -313,7 +313,7 @@ fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteE
     Ok(())
 }
 
-fn check_single_upload_size(op: &str, len: u64) -> Result<(), RemoteError> {
+pub(crate) fn check_single_upload_size(op: &str, len: u64) -> Result<(), RemoteError> {
     if len > MAX_SINGLE_UPLOAD {
         return Err(RemoteError::invalid_input(
             format!("{op} body of {len} bytes is over the 5 GiB limit"),

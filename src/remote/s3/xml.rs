@@ -15,7 +15,9 @@ use base64::Engine as _;
 use quick_xml::escape::escape;
 
 use crate::remote::xml::{Element, parse_root, shorten};
-use crate::remote::{CompletedPart, ListObjectsPage, ListPartsPage, ListUploadsPage, ListedObject, ListedPart, ListedUpload};
+use crate::remote::{
+    CompletedPart, ListObjectsPage, ListPartsPage, ListUploadsPage, ListedObject, ListedPart, ListedUpload,
+};
 
 pub use crate::remote::oss::xml::{delete_body, parse_copy, parse_delete_result, parse_error, parse_initiate};
 
@@ -264,7 +266,9 @@ mod tests {
         let root = parse_root(body.as_bytes(), "CompleteMultipartUpload").unwrap();
         let back: Vec<(String, Option<u64>)> = root
             .children("Part")
-            .map(|p| (p.text_of("ETag").unwrap().to_string(), p.text_of("ChecksumCRC64NVME").and_then(crc64_from_base64)))
+            .map(|p| {
+                (p.text_of("ETag").unwrap().to_string(), p.text_of("ChecksumCRC64NVME").and_then(crc64_from_base64))
+            })
             .collect();
         assert_eq!(back, vec![("\"e1\"".to_string(), Some(1)), ("\"e2\"".to_string(), Some(2))]);
         assert!(!complete_body(&parts, false).contains("Checksum"));
