@@ -812,7 +812,7 @@ fn cp_uploads_over_s3_end_to_end() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cp failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("3 parts sent"), "{stdout}");
+    assert!(stdout.contains("3 parts sent") && stdout.contains(&format!("s3://{bucket}/up/payload.bin")), "{stdout}");
     assert!(!stderr.contains(sk) && !stdout.contains(sk), "the secret never shows");
     assert_eq!(rclone_cat(sw, &bucket, "up/payload.bin"), content);
 

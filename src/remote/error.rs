@@ -88,6 +88,20 @@ impl fmt::Display for ServiceError {
     }
 }
 
+/// The details of [`RemoteError::DigestMismatch`] (boxed: errors travel by value through every call).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{op}: the server confirmed different bytes than were sent ({what}: local {local}, server {server}) \
+     [RequestId: {}]", request_id.as_deref().unwrap_or("-")
+)]
+pub struct DigestMismatch {
+    pub op: &'static str,
+    pub what: &'static str,
+    pub local: String,
+    pub server: String,
+    pub request_id: Option<String>,
+}
+
 /// How a transport failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
@@ -137,11 +151,8 @@ pub enum RemoteError {
 
     /// Like [`RemoteError::ChecksumMismatch`], for digests that are not a CRC-64 (an MD5 ETag, a multipart
     /// ETag): the server confirmed other bytes than the ones sent.
-    #[error(
-        "{op}: the server confirmed different bytes than were sent ({what}: local {local}, server {server}) \
-         [RequestId: {}]", request_id.as_deref().unwrap_or("-")
-    )]
-    DigestMismatch { op: &'static str, what: &'static str, local: String, server: String, request_id: Option<String> },
+    #[error("{0}")]
+    DigestMismatch(Box<DigestMismatch>),
 
     #[error("{op}: the server's answer could not be understood: {detail} [RequestId: {}] (is the endpoint an OSS server, or an S3 server used with --protocol s3?)",
         request_id.as_deref().unwrap_or("-"))]
@@ -204,7 +215,7 @@ impl RemoteError {
                 _ => ErrorKind::Rejected,
             },
             RemoteError::Transport { .. } => ErrorKind::Transport,
-            RemoteError::ChecksumMismatch { .. } | RemoteError::DigestMismatch { .. } => ErrorKind::Integrity,
+            RemoteError::ChecksumMismatch { .. } | RemoteError::DigestMismatch(_) => ErrorKind::Integrity,
             RemoteError::BadResponse { .. } => ErrorKind::Transport,
             RemoteError::LocalRead { .. } => ErrorKind::LocalIo,
             RemoteError::InvalidInput { .. } => ErrorKind::Input,
@@ -225,9 +236,9 @@ impl RemoteError {
                         "RequestTimeTooSkewed" | "BadRequest" | "BadDigest" | "XAmzContentSHA256Mismatch"
                     )
             }
-            RemoteError::Transport { .. }
-            | RemoteError::ChecksumMismatch { .. }
-            | RemoteError::DigestMismatch { .. } => true,
+            RemoteError::Transport { .. } | RemoteError::ChecksumMismatch { .. } | RemoteError::DigestMismatch(_) => {
+                true
+            }
             // A 2xx/4xx answer that is not OSS (an HTML page, a captive portal, the wrong service) will not
             // improve by asking again; 5xx gateway pages are classified as service errors and retried.
             RemoteError::BadResponse { .. }

@@ -408,80 +408,86 @@ pub fn multipart_etag(part_etags: &[&str]) -> Option<String> {
     Some(format!("{}-{}", hex::encode(Md5::digest(&concat)), part_etags.len()))
 }
 
-/// Read a body once before sending it, for the checksum headers.
-async fn prehash(op: &'static str, body: &Body, md5: bool, sha256: bool) -> Result<Prehash, RemoteError> {
-    fn hash(
-        chunks: &mut dyn FnMut(&mut dyn FnMut(&[u8])) -> io::Result<u64>,
-        md5: bool,
-        sha256: bool,
-    ) -> io::Result<Prehash> {
-        let mut crc = Crc64Nvme::new();
-        let mut m = md5.then(Md5::new);
-        let mut s = sha256.then(Sha256::new);
-        let len = chunks(&mut |data: &[u8]| {
-            crc.update(data);
-            if let Some(m) = m.as_mut() {
-                m.update(data);
-            }
-            if let Some(s) = s.as_mut() {
-                s.update(data);
-            }
-        })?;
-        Ok(Prehash {
-            len,
-            crc64nvme: crc.finish(),
-            md5: m.map(|m| m.finalize().into()),
-            sha256: s.map(|s| s.finalize().into()),
-        })
+/// The pre-pass hashes: CRC-64/NVME always, MD5 and SHA-256 when asked for.
+struct PrehashState {
+    len: u64,
+    crc: Crc64Nvme,
+    md5: Option<Md5>,
+    sha256: Option<Sha256>,
+}
+
+impl PrehashState {
+    fn new(md5: bool, sha256: bool) -> Self {
+        PrehashState { len: 0, crc: Crc64Nvme::new(), md5: md5.then(Md5::new), sha256: sha256.then(Sha256::new) }
     }
-    match body {
-        Body::Empty => hash(&mut |f| Ok({ f(&[]); 0 }), md5, sha256),
+
+    fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        self.crc.update(data);
+        if let Some(m) = self.md5.as_mut() {
+            m.update(data);
+        }
+        if let Some(s) = self.sha256.as_mut() {
+            s.update(data);
+        }
+    }
+
+    fn finish(self) -> Prehash {
+        Prehash {
+            len: self.len,
+            crc64nvme: self.crc.finish(),
+            md5: self.md5.map(|m| m.finalize().into()),
+            sha256: self.sha256.map(|s| s.finalize().into()),
+        }
+    }
+}
+
+/// Read a file range once, positional reads in large chunks.
+fn prehash_file(range: &crate::remote::FileRange, mut state: PrehashState) -> io::Result<Prehash> {
+    let mut buf = vec![0u8; PREPASS_CHUNK.min(range.len as usize).max(1)];
+    let mut pos = range.offset;
+    let end = range.offset + range.len;
+    while pos < end {
+        let want = buf.len().min((end - pos) as usize);
+        match range.file.read_at(&mut buf[..want], pos) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file ended at byte {pos} while reading {}..{end} (it shrank while uploading)",
+                        range.offset
+                    ),
+                ));
+            }
+            Ok(n) => {
+                state.update(&buf[..n]);
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(state.finish())
+}
+
+/// Read a body once before sending it, for the checksum headers (file ranges on the blocking pool).
+async fn prehash(op: &'static str, body: &Body, md5: bool, sha256: bool) -> Result<Prehash, RemoteError> {
+    let mut state = PrehashState::new(md5, sha256);
+    let result = match body {
+        Body::Empty => Ok(state.finish()),
         Body::Bytes(b) => {
-            let b = b.clone();
-            hash(&mut |f| Ok({ f(&b); b.len() as u64 }), md5, sha256)
+            state.update(b);
+            Ok(state.finish())
         }
         Body::File(range) => {
             let range = range.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                hash(
-                    &mut |f| {
-                        let mut buf = vec![0u8; PREPASS_CHUNK.min(range.len as usize).max(1)];
-                        let mut pos = range.offset;
-                        let end = range.offset + range.len;
-                        while pos < end {
-                            let want = buf.len().min((end - pos) as usize);
-                            match range.file.read_at(&mut buf[..want], pos) {
-                                Ok(0) => {
-                                    return Err(io::Error::new(
-                                        io::ErrorKind::UnexpectedEof,
-                                        format!(
-                                            "file ended at byte {pos} while reading {}..{end} (it shrank while uploading)",
-                                            range.offset
-                                        ),
-                                    ));
-                                }
-                                Ok(n) => {
-                                    f(&buf[..n]);
-                                    pos += n as u64;
-                                }
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Ok(range.len)
-                    },
-                    md5,
-                    sha256,
-                )
-            })
-            .await;
-            match joined {
+            match tokio::task::spawn_blocking(move || prehash_file(&range, state)).await {
                 Ok(result) => result,
                 Err(e) => Err(io::Error::other(format!("the checksum pre-pass failed: {e}"))),
             }
         }
-    }
-    .map_err(|e| RemoteError::LocalRead { op, source: Arc::new(e) })
+    };
+    result.map_err(|e| RemoteError::LocalRead { op, source: Arc::new(e) })
 }
 
 /// Turn a non-2xx answer (or a 200 carrying an `<Error>`) into an error.
@@ -974,13 +980,13 @@ impl S3Client {
             Integrity::ContentMd5 => {
                 let local = hex::encode(pre.md5.unwrap_or_default());
                 if etag_hex(etag) != local {
-                    return Err(RemoteError::DigestMismatch {
+                    return Err(RemoteError::DigestMismatch(Box::new(crate::remote::error::DigestMismatch {
                         op: reply.op,
                         what: "ETag (MD5)",
                         local,
                         server: etag.to_string(),
                         request_id: reply.request_id.clone(),
-                    });
+                    })));
                 }
             }
         }
@@ -1355,13 +1361,13 @@ impl Remote for S3Client {
                 let (done, request_id) =
                     self.execute(call, |reply| Ok((reply.xml(xml::parse_complete)?, reply.request_id.clone()))).await?;
                 if etag_hex(&done.etag) != expected {
-                    return Err(RemoteError::DigestMismatch {
+                    return Err(RemoteError::DigestMismatch(Box::new(crate::remote::error::DigestMismatch {
                         op: "CompleteMultipartUpload",
                         what: "multipart ETag (MD5 of the part MD5s)",
                         local: expected,
                         server: done.etag,
                         request_id,
-                    });
+                    })));
                 }
                 Ok(CompleteResult { etag: done.etag, crc64: None, crc64nvme: done.crc64nvme, request_id })
             }

@@ -216,7 +216,8 @@ mod tests {
     #[test]
     fn get_vanilla_and_query_cases() {
         let hd = "host;x-amz-date";
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("get-vanilla", &[], "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),
             (
                 "get-vanilla-query-order-key-case",
