@@ -19,3 +19,5 @@ pub mod sign;
 pub mod xml;
 
 pub use client::{Integrity, IntegrityMode, S3Client, S3Config};
+#[cfg(test)]
+mod tests;
