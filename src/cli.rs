@@ -110,6 +110,14 @@ pub struct RemoteArgs {
     /// Use path-style URLs (http://endpoint/bucket/key) even for a named endpoint.
     #[arg(long)]
     pub path_style: bool,
+
+    /// How S3 uploads are verified: auto (probe the server once), crc64nvme, or md5 [default: auto].
+    #[arg(long, value_name = "auto|crc64nvme|md5")]
+    pub s3_integrity: Option<String>,
+
+    /// Sign each S3 request body's SHA-256 instead of UNSIGNED-PAYLOAD (for servers that require it).
+    #[arg(long)]
+    pub s3_sign_payload: bool,
 }
 
 /// The agent: `ossmirror --watch DIR --bucket B`.

@@ -10,6 +10,7 @@
 //! region = "cn-hangzhou"
 //! signature = "v4"          # v1 | v4
 //! protocol = "oss"          # oss | s3
+//! s3_integrity = "auto"     # auto | crc64nvme | md5 (S3 only: how uploads are verified)
 //! exclude = ["*.log.tmp", "cache/"]
 //! settle = "2s"
 //! part_size = "8M"
@@ -62,6 +63,8 @@ pub struct FileConfig {
     pub access_key_secret: Option<String>,
     pub session_token: Option<String>,
     pub path_style: Option<bool>,
+    pub s3_integrity: Option<String>,
+    pub s3_sign_payload: Option<bool>,
     pub state_db: Option<PathBuf>,
     pub delete: Option<bool>,
     pub allow_mass_delete: Option<bool>,
@@ -140,6 +143,10 @@ pub struct RemoteSettings {
     pub signature: SignatureVersion,
     pub credentials: Option<Credentials>,
     pub path_style: bool,
+    /// S3 only: how uploads are verified.
+    pub s3_integrity: crate::remote::s3::IntegrityMode,
+    /// S3 only: sign the payload's SHA-256 instead of `UNSIGNED-PAYLOAD`.
+    pub s3_sign_payload: bool,
     /// True when the secret came from a command-line flag (visible in `ps`): worth a warning.
     pub secret_from_flag: bool,
 }
@@ -216,8 +223,16 @@ impl RemoteSettings {
                 )));
             }
         };
+        let s3_integrity = match &flags.s3_integrity {
+            Some(v) => v.parse().map_err(ConfigError::Missing)?,
+            None => {
+                file_value(file_path, "s3_integrity", file.s3_integrity.as_deref(), |v| v.parse())?.unwrap_or_default()
+            }
+        };
         Ok(RemoteSettings {
             protocol,
+            s3_integrity,
+            s3_sign_payload: flags.s3_sign_payload || file.s3_sign_payload.unwrap_or(false),
             endpoint,
             region,
             signature,
@@ -244,7 +259,15 @@ impl RemoteSettings {
                 Ok(Some(std::sync::Arc::new(client)))
             }
             Dialect::S3 => {
-                Err(ConfigError::Missing("--protocol s3 is not available in this build yet; use --protocol oss".into()))
+                let mut config = crate::remote::s3::S3Config::new(endpoint.clone());
+                config.region = self.region.clone();
+                config.credentials = self.credentials.clone();
+                config.path_style = self.path_style;
+                config.integrity = self.s3_integrity;
+                config.sign_payload = self.s3_sign_payload;
+                let client =
+                    crate::remote::s3::S3Client::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;
+                Ok(Some(std::sync::Arc::new(client)))
             }
         }
     }
@@ -484,6 +507,23 @@ mod tests {
         assert_eq!(s.remote.protocol, Dialect::S3);
         assert_eq!(s.remote.credentials.unwrap().access_key_id, "A");
         assert_eq!(s.remote.region.as_deref(), Some("us-east-1"));
+        assert_eq!(s.remote.s3_integrity, crate::remote::s3::IntegrityMode::Auto);
+        let env =
+            [("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "S"), ("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")];
+        let s = AgentSettings::resolve_with(
+            &args(&["--watch", "/d", "--bucket", "b", "--protocol", "s3", "--s3-integrity", "md5"]),
+            &FileConfig::default(),
+            None,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.remote.s3_integrity, crate::remote::s3::IntegrityMode::ContentMd5);
+        let remote = s.remote.connect().unwrap().expect("an endpoint is configured");
+        assert_eq!(remote.dialect(), Dialect::S3);
+        assert_eq!(remote.endpoint_display(), "http://127.0.0.1:8333");
+        let f = file("s3_integrity = \"sha1\"\nwatch = \"/d\"\nbucket = \"b\"");
+        let e = AgentSettings::resolve_with(&args(&[]), &f, Some(PathBuf::from("/c.toml")), &[("X", "")]).unwrap_err();
+        assert!(e.to_string().contains("`s3_integrity`"), "{e}");
         let s = AgentSettings::resolve_with(
             &args(&["--watch", "/d", "--bucket", "b", "--access-key-id", "I", "--access-key-secret", "S"]),
             &FileConfig::default(),

@@ -27,10 +27,18 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     let settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
     super::warn_secret_flag(&settings);
     let remote = settings.connect()?.ok_or_else(|| {
-        UsageError(
-            "cp needs an endpoint: give --endpoint URL or set OSS_ENDPOINT (or `endpoint` in the config file)".into(),
-        )
+        let variable = match settings.protocol {
+            ossmirror::remote::Dialect::Oss => "OSS_ENDPOINT",
+            ossmirror::remote::Dialect::S3 => "AWS_ENDPOINT_URL",
+        };
+        UsageError(format!(
+            "cp needs an endpoint: give --endpoint URL or set {variable} (or `endpoint` in the config file)"
+        ))
     })?;
+    let scheme = match settings.protocol {
+        ossmirror::remote::Dialect::Oss => "oss",
+        ossmirror::remote::Dialect::S3 => "s3",
+    };
 
     let (state, keep_checkpoint) = if args.no_checkpoint {
         (StateDb::open_in_memory()?, false)
@@ -81,7 +89,7 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(outcome) => {
             println!(
-                "uploaded {} to oss://{bucket}/{key}: {} bytes, CRC-64 {}, ETag {} ({} parts sent, {} reused{})",
+                "uploaded {} to {scheme}://{bucket}/{key}: {} bytes, CRC-64 {}, ETag {} ({} parts sent, {} reused{})",
                 args.source.display(),
                 outcome.size,
                 outcome.crc64,
@@ -111,7 +119,8 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Err(e) => {
-            Err(anyhow::Error::new(e).context(format!("uploading {} to oss://{bucket}/{key}", args.source.display())))
+            Err(anyhow::Error::new(e)
+                .context(format!("uploading {} to {scheme}://{bucket}/{key}", args.source.display())))
         }
     }
 }

@@ -34,13 +34,16 @@ impl ServiceError {
         Some(match self.code.as_str() {
             "SignatureDoesNotMatch" => {
                 "the access key secret is wrong: check --access-key-secret or OSS_ACCESS_KEY_SECRET \
-                 (and --signature/--region for V4)"
+                 (AWS_SECRET_ACCESS_KEY with --protocol s3), and --signature/--region for V4"
             }
             "InvalidAccessKeyId" => {
-                "the access key id is unknown or disabled: check --access-key-id or OSS_ACCESS_KEY_ID"
+                "the access key id is unknown or disabled: check --access-key-id or OSS_ACCESS_KEY_ID \
+                 (AWS_ACCESS_KEY_ID with --protocol s3)"
             }
             "AccessDenied" => "the credentials lack permission for this bucket or operation (or a signed URL expired)",
-            "SecurityTokenExpired" => "the STS token expired: fetch new credentials and set OSS_SESSION_TOKEN",
+            "SecurityTokenExpired" | "ExpiredToken" => {
+                "the STS token expired: fetch new credentials and set OSS_SESSION_TOKEN (AWS_SESSION_TOKEN)"
+            }
             "InvalidSecurityToken" | "AccessKeyIdAndSecurityTokenNotMatch" => {
                 "the STS token does not belong to this access key: check OSS_SESSION_TOKEN"
             }
@@ -50,7 +53,10 @@ impl ServiceError {
                 "bucket names are 3-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
             }
             "InvalidObjectName" => "object keys are 1-1023 bytes of UTF-8 and must not start with '/' or '\\'",
-            "EntityTooSmall" => "every part but the last must be at least 100 KiB",
+            "EntityTooSmall" => "every part but the last must be at least 100 KiB (5 MiB on S3)",
+            "BadDigest" | "XAmzContentSHA256Mismatch" => {
+                "the server received other bytes than the checksum sent with them (corrupted on the way)"
+            }
             "FileAlreadyExists" => "the object exists and overwriting was forbidden",
             _ => return None,
         })
@@ -80,6 +86,20 @@ impl fmt::Display for ServiceError {
         }
         write!(f, "]")
     }
+}
+
+/// The details of [`RemoteError::DigestMismatch`] (boxed: errors travel by value through every call).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{op}: the server confirmed different bytes than were sent ({what}: local {local}, server {server}) \
+     [RequestId: {}]", request_id.as_deref().unwrap_or("-")
+)]
+pub struct DigestMismatch {
+    pub op: &'static str,
+    pub what: &'static str,
+    pub local: String,
+    pub server: String,
+    pub request_id: Option<String>,
 }
 
 /// How a transport failure happened.
@@ -129,7 +149,12 @@ pub enum RemoteError {
     )]
     ChecksumMismatch { op: &'static str, local: u64, server: u64, request_id: Option<String> },
 
-    #[error("{op}: the server's answer could not be understood: {detail} [RequestId: {}] (is the endpoint an OSS server?)",
+    /// Like [`RemoteError::ChecksumMismatch`], for digests that are not a CRC-64 (an MD5 ETag, a multipart
+    /// ETag): the server confirmed other bytes than the ones sent.
+    #[error("{0}")]
+    DigestMismatch(Box<DigestMismatch>),
+
+    #[error("{op}: the server's answer could not be understood: {detail} [RequestId: {}] (is the endpoint an OSS server, or an S3 server used with --protocol s3?)",
         request_id.as_deref().unwrap_or("-"))]
     BadResponse { op: &'static str, detail: String, request_id: Option<String> },
 
@@ -180,6 +205,8 @@ impl RemoteError {
         match self.root() {
             RemoteError::Service(s) => match (s.status, s.code.as_str()) {
                 (_, "NoSuchKey" | "NoSuchUpload" | "NoSuchBucket") | (404, _) => ErrorKind::NotFound,
+                // The body arrived damaged (S3's checksum headers, Content-MD5, a signed payload hash).
+                (_, "BadDigest" | "XAmzContentSHA256Mismatch") => ErrorKind::Integrity,
                 (_, "RequestTimeTooSkewed") => ErrorKind::ServerBusy,
                 (401 | 403, _) => ErrorKind::Auth,
                 (409, _) => ErrorKind::Conflict,
@@ -188,7 +215,7 @@ impl RemoteError {
                 _ => ErrorKind::Rejected,
             },
             RemoteError::Transport { .. } => ErrorKind::Transport,
-            RemoteError::ChecksumMismatch { .. } => ErrorKind::Integrity,
+            RemoteError::ChecksumMismatch { .. } | RemoteError::DigestMismatch(_) => ErrorKind::Integrity,
             RemoteError::BadResponse { .. } => ErrorKind::Transport,
             RemoteError::LocalRead { .. } => ErrorKind::LocalIo,
             RemoteError::InvalidInput { .. } => ErrorKind::Input,
@@ -203,9 +230,15 @@ impl RemoteError {
             RemoteError::Service(s) => {
                 s.status >= 500
                     || matches!(s.status, 401 | 408 | 429)
-                    || matches!(s.code.as_str(), "RequestTimeTooSkewed" | "BadRequest")
+                    || matches!(
+                        s.code.as_str(),
+                        // A body damaged on the way is sent again, like a local CRC mismatch.
+                        "RequestTimeTooSkewed" | "BadRequest" | "BadDigest" | "XAmzContentSHA256Mismatch"
+                    )
             }
-            RemoteError::Transport { .. } | RemoteError::ChecksumMismatch { .. } => true,
+            RemoteError::Transport { .. } | RemoteError::ChecksumMismatch { .. } | RemoteError::DigestMismatch(_) => {
+                true
+            }
             // A 2xx/4xx answer that is not OSS (an HTML page, a captive portal, the wrong service) will not
             // improve by asking again; 5xx gateway pages are classified as service errors and retried.
             RemoteError::BadResponse { .. }
@@ -265,6 +298,8 @@ mod tests {
         assert_eq!(svc(403, "InvalidAccessKeyId").kind(), ErrorKind::Auth);
         assert_eq!(svc(409, "FileAlreadyExists").kind(), ErrorKind::Conflict);
         assert_eq!(svc(400, "EntityTooSmall").kind(), ErrorKind::Rejected);
+        assert_eq!(svc(400, "BadDigest").kind(), ErrorKind::Integrity);
+        assert!(svc(400, "BadDigest").is_retryable());
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub mod memory;
 pub mod names;
 pub mod oss;
 pub mod retry;
+pub mod s3;
+pub(crate) mod transport;
+pub mod xml;
 
 use std::time::SystemTime;
 

@@ -16,29 +16,24 @@
 //! it back; server text that ends up in errors is scrubbed of the secret, the STS token and the
 //! attempt's signature.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use md5::{Digest as _, Md5};
 use tracing::Instrument as _;
 
 use crate::remote::body::DigestSlot;
-use crate::remote::error::TransportKind;
 use crate::remote::names::{validate_bucket, validate_key};
 use crate::remote::oss::endpoint::{ENDPOINT_FIX, Endpoint, RequestUrl};
 use crate::remote::oss::response::{self, Redactor, Reply};
 use crate::remote::oss::sign::{SignatureVersion, Signer, uri_encode};
 use crate::remote::oss::xml;
 use crate::remote::retry::RetryPolicy;
+use crate::remote::transport::{Clock, Progress, Transport, with_retries};
 use crate::remote::{
     Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
     Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
@@ -107,18 +102,14 @@ pub struct OssClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    transport: Transport,
     endpoint: Endpoint,
     path_style: bool,
     signer: Signer,
     credentials: Option<Credentials>,
     retry: RetryPolicy,
-    read_timeout: Duration,
     capabilities: Capabilities,
-    /// Server time minus local time, in milliseconds, learned from `RequestTimeTooSkewed`.
-    clock_offset_ms: AtomicI64,
-    /// The secret and token, to be removed from any server text we pass on.
-    redactor: Redactor,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for OssClient {
@@ -199,7 +190,7 @@ impl<'a> Call<'a> {
     }
 }
 
-fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
+pub(crate) fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
     HeaderValue::from_str(value).map_err(|_| {
         RemoteError::invalid_input(
             format!("{what} {value:?} cannot be sent as an HTTP header"),
@@ -208,7 +199,7 @@ fn header_value(what: &str, value: &str) -> Result<HeaderValue, RemoteError> {
     })
 }
 
-fn content_md5(body: &[u8]) -> HeaderValue {
+pub(crate) fn content_md5(body: &[u8]) -> HeaderValue {
     let b64 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
     // Base64 is always a valid header value.
     HeaderValue::from_str(&b64).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -298,7 +289,7 @@ fn checked_acl(acl: &str) -> Result<HeaderValue, RemoteError> {
     header_value("ACL", acl)
 }
 
-fn check_key(key: &str) -> Result<(), RemoteError> {
+pub(crate) fn check_key(key: &str) -> Result<(), RemoteError> {
     validate_key(key)?;
     if key == "." || key == ".." {
         // URL normalization resolves these segments away: the request would address something else.
@@ -310,7 +301,7 @@ fn check_key(key: &str) -> Result<(), RemoteError> {
     Ok(())
 }
 
-fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteError> {
+pub(crate) fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteError> {
     if upload_id.trim().is_empty() {
         return Err(RemoteError::invalid_input("empty upload id", "pass the id InitiateMultipartUpload returned"));
     }
@@ -322,7 +313,7 @@ fn check_upload(upload_id: &str, part_number: Option<u32>) -> Result<(), RemoteE
     Ok(())
 }
 
-fn check_single_upload_size(op: &str, len: u64) -> Result<(), RemoteError> {
+pub(crate) fn check_single_upload_size(op: &str, len: u64) -> Result<(), RemoteError> {
     if len > MAX_SINGLE_UPLOAD {
         return Err(RemoteError::invalid_input(
             format!("{op} body of {len} bytes is over the 5 GiB limit"),
@@ -338,90 +329,6 @@ fn copy_source(bucket: &str, key: &str) -> Result<HeaderValue, RemoteError> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Upload progress, for the "server stopped taking bytes" timeout
-
-/// Tracks one attempt's request body: when it last moved and whether it is complete.
-#[derive(Debug)]
-struct Progress {
-    origin: Instant,
-    /// Milliseconds after `origin` of the last movement (a chunk taken, the body finished).
-    last_ms: AtomicU64,
-    done: AtomicBool,
-    /// The HTTP stack is waiting for our disk reader, not the other way round: not the server's fault.
-    waiting_local: AtomicBool,
-}
-
-impl Progress {
-    fn new(done: bool) -> Arc<Self> {
-        Arc::new(Progress {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            done: AtomicBool::new(done),
-            waiting_local: AtomicBool::new(false),
-        })
-    }
-
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the current idle period would exceed `timeout`; `None` while the body waits on local reads.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        if self.waiting_local.load(Ordering::Relaxed) {
-            return None;
-        }
-        let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(far_future_if_none(last.checked_add(timeout)))
-    }
-}
-
-/// A body stream that reports its progress.
-struct Watched<S> {
-    inner: S,
-    progress: Arc<Progress>,
-    remaining: u64,
-}
-
-impl<S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin> Stream for Watched<S> {
-    type Item = Result<Bytes, std::io::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        let p = &self.progress;
-        match &polled {
-            Poll::Pending => p.waiting_local.store(true, Ordering::Relaxed),
-            Poll::Ready(item) => {
-                p.waiting_local.store(false, Ordering::Relaxed);
-                p.touch();
-                let taken = match item {
-                    Some(Ok(chunk)) => chunk.len() as u64,
-                    _ => 0,
-                };
-                let remaining = self.remaining.saturating_sub(taken);
-                self.remaining = remaining;
-                if remaining == 0 || item.is_none() {
-                    self.progress.done.store(true, Ordering::Relaxed);
-                }
-            }
-        }
-        polled
-    }
-}
-
-/// An absurdly long timeout must not overflow `Instant` arithmetic (which panics): treat it as "a year".
-fn far_future_if_none(t: Option<Instant>) -> Instant {
-    t.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
-}
-
-/// Why an attempt produced no answer.
-enum SendError {
-    Http(reqwest::Error),
-    /// No progress for the read timeout; `true` when the whole body had been sent.
-    Stalled(bool),
-}
-
-// ---------------------------------------------------------------------------------------------------------
 
 impl OssClient {
     /// Validate the configuration and build the client (no request is sent).
@@ -433,9 +340,6 @@ impl OssClient {
         };
         if config.retry.max_attempts == 0 {
             return Err(RemoteError::invalid_input("retry policy allows 0 attempts", "allow at least 1 attempt"));
-        }
-        if config.read_timeout.is_zero() || config.connect_timeout.is_zero() {
-            return Err(RemoteError::invalid_input("a zero timeout", "give timeouts above zero"));
         }
         if let Some(c) = &config.credentials {
             if c.access_key_id.trim().is_empty() || c.access_key_secret.expose().is_empty() {
@@ -453,43 +357,26 @@ impl OssClient {
                 ));
             }
         }
-        let mut builder = reqwest::Client::builder();
-        if endpoint.is_loopback() {
-            // HTTP(S)_PROXY from the environment is honoured for real endpoints, but a proxy cannot reach
-            // our own loopback server (the embedded default, tests).
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // We retry ourselves, re-signing each attempt; a transparent resend would reuse a stale signature.
-            .retry(reqwest::retry::never())
-            .user_agent(concat!("ossmirror/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                RemoteError::invalid_input(format!("cannot set up the HTTP client: {e}"), "report this bug")
-            })?;
         let path_style = config.path_style || endpoint.needs_path_style();
         let redactor = Redactor::new(config.credentials.iter().flat_map(|c| {
             let token = c.session_token.as_ref().map(|t| t.expose().to_string());
             std::iter::once(c.access_key_secret.expose().to_string()).chain(token)
         }));
+        let transport = Transport::new(&endpoint, config.connect_timeout, config.read_timeout, ENDPOINT_FIX, redactor)?;
         Ok(OssClient {
             inner: Arc::new(Inner {
-                http,
+                transport,
                 endpoint,
                 path_style,
                 signer: Signer::new(config.signature, region),
                 credentials: config.credentials,
                 retry: config.retry,
-                read_timeout: config.read_timeout,
                 capabilities: Capabilities {
                     object_crc64: true,
                     object_crc64nvme: false,
                     complete_with_part_subset: config.complete_with_part_subset,
                 },
-                clock_offset_ms: AtomicI64::new(0),
-                redactor,
+                clock: Clock::default(),
             }),
         })
     }
@@ -502,29 +389,16 @@ impl OssClient {
     /// Server time minus local time in milliseconds (positive: the server is ahead), as learned from
     /// `RequestTimeTooSkewed` answers; 0 until then.
     pub fn clock_offset_ms(&self) -> i64 {
-        self.inner.clock_offset_ms.load(Ordering::Relaxed)
+        self.inner.clock.offset_ms()
     }
 
     /// Set the offset from the server's clock by hand, e.g. from a known time source (tests use it too).
     pub fn set_clock_offset_ms(&self, offset_ms: i64) {
-        self.inner.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+        self.inner.clock.set_offset_ms(offset_ms);
     }
 
     fn now(&self) -> SystemTime {
-        let offset = self.inner.clock_offset_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now();
-        let delta = Duration::from_millis(offset.unsigned_abs());
-        let shifted = if offset >= 0 { now.checked_add(delta) } else { now.checked_sub(delta) };
-        shifted.unwrap_or(now)
-    }
-
-    fn correct_clock(&self, server: SystemTime) {
-        let local = SystemTime::now();
-        let offset_ms = match server.duration_since(local) {
-            Ok(ahead) => ahead.as_millis().min(i64::MAX as u128) as i64,
-            Err(behind) => -(behind.duration().as_millis().min(i64::MAX as u128) as i64),
-        };
-        self.inner.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+        self.inner.clock.now()
     }
 
     /// A presigned URL for `method` on `bucket/key`, valid for `expires` from now (server time, as far as we
@@ -585,43 +459,6 @@ impl OssClient {
         Ok(url.url.to_string())
     }
 
-    fn transport_error(&self, op: &'static str, e: &reqwest::Error) -> RemoteError {
-        let kind = if e.is_connect() {
-            TransportKind::Connect
-        } else if e.is_timeout() {
-            TransportKind::Timeout
-        } else if e.is_body() || e.is_request() {
-            TransportKind::Broken
-        } else {
-            TransportKind::Other
-        };
-        // reqwest's top-level message names the URL and little else; the causes say what happened.
-        let mut causes: Vec<String> = Vec::new();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !causes.iter().any(|c| c.contains(&text)) {
-                causes.push(text);
-            }
-            source = s.source();
-        }
-        let cause = if causes.is_empty() { e.to_string() } else { causes.join(": ") };
-        let detail = match kind {
-            TransportKind::Connect => {
-                format!("cannot connect ({cause}); is the server running and reachable? {ENDPOINT_FIX}")
-            }
-            TransportKind::Timeout => format!("timed out ({cause})"),
-            TransportKind::Broken => format!("the connection broke ({cause})"),
-            TransportKind::Other => cause,
-        };
-        RemoteError::Transport {
-            op,
-            endpoint: self.inner.endpoint.display(),
-            kind,
-            detail: self.inner.redactor.apply(detail),
-        }
-    }
-
     /// Run a call with retries. `parse` turns a 2xx answer into the result; its errors are retried by the
     /// same rules as the server's.
     async fn execute<T>(
@@ -661,56 +498,11 @@ impl OssClient {
         url: &RequestUrl,
         parse: impl Fn(&Reply) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
-        let policy = &self.inner.retry;
-        let started = Instant::now();
-        let mut rng = fastrand::Rng::new();
-        let mut attempt = 0u32;
-        // Attempts that count against the policy: the one immediate resend after a clock correction does not.
-        let mut counted = 0u32;
-        let mut clock_corrected = false;
-        loop {
-            attempt += 1;
-            counted += 1;
-            let err = match self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply)) {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            if let Some(server_time) = skew_server_time(&err) {
-                self.correct_clock(server_time);
-                tracing::warn!(
-                    attempt,
-                    offset_ms = self.inner.clock_offset_ms.load(Ordering::Relaxed),
-                    "the server says our clock is off (RequestTimeTooSkewed); signing with the server's time"
-                );
-                if !clock_corrected {
-                    // The first correction fixes the request rather than hoping for luck: resend at once,
-                    // outside the retry budget. Later ones (a clock that keeps jumping) go through backoff.
-                    clock_corrected = true;
-                    counted -= 1;
-                    continue;
-                }
-            }
-            if !err.is_retryable() {
-                tracing::debug!(attempt, error = %err, "request failed");
-                return Err(err);
-            }
-            match policy.next_delay(counted, started.elapsed(), &mut rng) {
-                Some(delay) => {
-                    tracing::warn!(attempt, error = %err, delay_ms = delay.as_millis() as u64, "request failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                None if attempt > 1 => {
-                    tracing::debug!(attempt, error = %err, "giving up");
-                    return Err(RemoteError::RetriesExhausted {
-                        op: call.op,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        last: Box::new(err),
-                    });
-                }
-                None => return Err(err),
-            }
-        }
+        with_retries(call.op, &self.inner.retry, &self.inner.clock, |attempt| {
+            let parse = &parse;
+            async move { self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply)) }
+        })
+        .await
     }
 
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
@@ -742,38 +534,24 @@ impl OssClient {
                 None => a.rsplit_once(':').map(|(_, v1)| v1),
             })
             .unwrap_or("");
-        let redactor = self.inner.redactor.with(signature);
+        let redactor = self.inner.transport.redactor.with(signature);
 
-        let mut request = self.inner.http.request(call.method.clone(), url.url.clone());
+        let mut request = self.inner.transport.http.request(call.method.clone(), url.url.clone());
         let mut slot: Option<DigestSlot> = None;
         let progress;
         if matches!(call.method, Method::PUT | Method::POST) {
             // An explicit length: OSS wants Content-Length, and hyper then refuses to send more or fewer bytes.
             headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(call.body.len()));
-            match &call.body {
-                Body::File(_) => {
-                    let (stream, s) = call.body.stream();
-                    let p = Progress::new(call.body.is_empty());
-                    let watched = Watched { inner: stream, progress: p.clone(), remaining: call.body.len() };
-                    request = request.body(reqwest::Body::wrap_stream(watched));
-                    slot = Some(s);
-                    progress = p;
-                }
-                Body::Bytes(b) => {
-                    request = request.body(b.clone());
-                    progress = Progress::new(true);
-                }
-                Body::Empty => {
-                    request = request.body(Bytes::new());
-                    progress = Progress::new(true);
-                }
-            }
+            let prepared = self.inner.transport.prepare_body(&call.body);
+            request = request.body(prepared.body);
+            slot = prepared.slot;
+            progress = prepared.progress;
         } else {
             progress = Progress::new(true);
         }
         let request = request.headers(headers);
 
-        let answer = self.send(request.send(), &progress).await;
+        let answer = self.inner.transport.send(request.send(), &progress).await;
         // A local read failure explains whatever the wire did next: report it, never retry it.
         let sent = match slot.as_ref().map(DigestSlot::take) {
             Some(Some(Err(source))) => return Err(RemoteError::LocalRead { op, source }),
@@ -782,23 +560,7 @@ impl OssClient {
             None if call.verify_body => call.body.digest_if_in_memory(),
             None => None,
         };
-        let response = match answer {
-            Ok(r) => r,
-            Err(SendError::Http(e)) => return Err(self.transport_error(op, &e)),
-            Err(SendError::Stalled(body_done)) => {
-                let detail = if body_done {
-                    format!("no answer within {:?} after the request was sent", self.inner.read_timeout)
-                } else {
-                    format!("the server stopped taking the request body for {:?}", self.inner.read_timeout)
-                };
-                return Err(RemoteError::Transport {
-                    op,
-                    endpoint: self.inner.endpoint.display(),
-                    kind: TransportKind::Timeout,
-                    detail,
-                });
-            }
-        };
+        let response = answer.map_err(|e| self.inner.transport.send_error(op, e))?;
 
         let status = response.status();
         let resp_headers = response.headers().clone();
@@ -808,7 +570,8 @@ impl OssClient {
             (true, ReadBody::Xml) => XML_BODY_LIMIT,
             _ => SMALL_BODY_LIMIT,
         };
-        let body = self.read_body(op, response, limit, status.is_success() && call.read != ReadBody::Ignore).await;
+        let strict = status.is_success() && call.read != ReadBody::Ignore;
+        let body = self.inner.transport.read_body(op, response, limit, strict, request_id.clone()).await;
         tracing::debug!(attempt, status = status.as_u16(), request_id = request_id.as_deref().unwrap_or(""), "answer");
         let body = body?;
 
@@ -833,73 +596,6 @@ impl OssClient {
             }
         }
         Ok(reply)
-    }
-
-    /// Await the answer's head while watching the request body's progress.
-    async fn send(
-        &self,
-        send: impl Future<Output = Result<reqwest::Response, reqwest::Error>>,
-        progress: &Progress,
-    ) -> Result<reqwest::Response, SendError> {
-        let timeout = self.inner.read_timeout;
-        tokio::pin!(send);
-        loop {
-            let deadline = progress
-                .idle_deadline(timeout)
-                .unwrap_or_else(|| far_future_if_none(Instant::now().checked_add(timeout)));
-            tokio::select! {
-                answer = &mut send => return answer.map_err(SendError::Http),
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    // Re-check: the body may have moved, or be waiting on our own disk, since the timer was set.
-                    if let Some(d) = progress.idle_deadline(timeout) {
-                        if Instant::now() >= d {
-                            return Err(SendError::Stalled(progress.done.load(Ordering::Relaxed)));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Read an answer's body, up to `limit` bytes. Past the limit, `strict` makes it an error; otherwise
-    /// the rest is left unread (the connection is then not reused, which is fine for error answers).
-    async fn read_body(
-        &self,
-        op: &'static str,
-        mut response: reqwest::Response,
-        limit: usize,
-        strict: bool,
-    ) -> Result<Bytes, RemoteError> {
-        let hint = response::header(response.headers(), "content-length").and_then(|v| v.parse::<usize>().ok());
-        let mut buf = BytesMut::with_capacity(hint.unwrap_or(0).min(limit).min(64 * 1024 * 1024));
-        loop {
-            let chunk = match tokio::time::timeout(self.inner.read_timeout, response.chunk()).await {
-                Err(_) => {
-                    return Err(RemoteError::Transport {
-                        op,
-                        endpoint: self.inner.endpoint.display(),
-                        kind: TransportKind::Timeout,
-                        detail: format!("the answer stalled for {:?}", self.inner.read_timeout),
-                    });
-                }
-                Ok(Err(e)) => return Err(self.transport_error(op, &e)),
-                Ok(Ok(None)) => return Ok(buf.freeze()),
-                Ok(Ok(Some(c))) => c,
-            };
-            if buf.len() + chunk.len() > limit {
-                if strict {
-                    return Err(RemoteError::BadResponse {
-                        op,
-                        detail: format!("the answer is larger than {limit} bytes"),
-                        request_id: response::request_id(response.headers()),
-                    });
-                }
-                let room = limit - buf.len();
-                buf.extend_from_slice(&chunk[..room]);
-                return Ok(buf.freeze());
-            }
-            buf.extend_from_slice(&chunk);
-        }
     }
 
     /// Check an upload answer against the bytes sent; returns the ETag and the digest.
@@ -942,14 +638,6 @@ fn resolve_region(endpoint: &Endpoint, given: Option<&str>) -> Result<String, Re
             "pass --region or set OSS_REGION (e.g. cn-hangzhou), or use --signature v1",
         )
     })
-}
-
-/// The server's time, when `err` is a `RequestTimeTooSkewed` answer that carried a `Date`.
-fn skew_server_time(err: &RemoteError) -> Option<SystemTime> {
-    match err {
-        RemoteError::Service(s) if s.code == "RequestTimeTooSkewed" => s.server_time,
-        _ => None,
-    }
 }
 
 #[async_trait]
