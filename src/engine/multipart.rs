@@ -25,26 +25,66 @@ use super::{
     synced_record,
 };
 use crate::checksum::{crc64_fold, crc64nvme_fold};
-use crate::remote::{Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts};
+use crate::remote::{
+    Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts, list_all_uploads,
+};
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
 
 /// Abort a checkpoint's server-side upload (best effort) and delete the checkpoint.
 pub(super) async fn discard_checkpoint(inner: &Inner, checkpoint: &Checkpoint, why: &str) {
-    let (id, bucket, key, upload_id) = match checkpoint {
+    match checkpoint {
         Checkpoint::Valid { upload, .. } => {
-            (upload.id, Some(upload.bucket.as_str()), Some(upload.key.as_str()), Some(upload.upload_id.as_str()))
+            abort_upload(inner, &upload.bucket, &upload.key, &upload.upload_id, why).await;
         }
         Checkpoint::Damaged { id, bucket, key, upload_id, reason } => {
             tracing::warn!(checkpoint = id.0, %reason, "checkpoint is damaged; it is not trusted");
-            (*id, bucket.as_deref(), key.as_deref(), upload_id.as_deref())
+            if let (Some(bucket), Some(key)) = (bucket, key) {
+                abort_damaged_upload(inner, *id, bucket, key, upload_id.as_deref(), why).await;
+            }
         }
-    };
-    if let (Some(bucket), Some(key), Some(upload_id)) = (bucket, key, upload_id) {
-        abort_upload(inner, bucket, key, upload_id, why).await;
     }
-    if let Err(e) = inner.state.delete_upload(id) {
-        tracing::warn!(checkpoint = id.0, error = %e, "could not delete a discarded checkpoint");
+    if let Err(e) = inner.state.delete_upload(checkpoint.id()) {
+        tracing::warn!(checkpoint = checkpoint.id().0, error = %e, "could not delete a discarded checkpoint");
+    }
+}
+
+/// The upload id read from a damaged checkpoint may be the damage itself (and aborting a made-up id
+/// "succeeds", since the goal, no such upload, holds). So abort the stored id only if the checkpoint's MACs
+/// confirm it; otherwise abort the uploads of this exact key that they confirm; and only when nothing can
+/// be confirmed fall back to the stored id, best effort.
+async fn abort_damaged_upload(
+    inner: &Inner,
+    row: UploadRowId,
+    bucket: &str,
+    key: &str,
+    stored: Option<&str>,
+    why: &str,
+) {
+    let confirms = |upload_id: &str| inner.state.checkpoint_confirms_upload_id(row, upload_id).unwrap_or(false);
+    let mut targets: Vec<String> = stored.filter(|u| confirms(u)).map(str::to_string).into_iter().collect();
+    if targets.is_empty() {
+        match list_all_uploads(inner.remote.as_ref(), bucket, Some(key)).await {
+            Ok(listed) => {
+                targets = listed
+                    .into_iter()
+                    .filter(|u| u.key == key && confirms(&u.upload_id))
+                    .map(|u| u.upload_id)
+                    .collect();
+                if !targets.is_empty() {
+                    tracing::warn!(checkpoint = row.0, %key, upload_ids = ?targets, "found the damaged checkpoint's server-side upload by its MACs");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%bucket, %key, error = %e, "could not list uploads to find a damaged checkpoint's upload")
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets.extend(stored.map(str::to_string));
+    }
+    for upload_id in targets {
+        abort_upload(inner, bucket, key, &upload_id, why).await;
     }
 }
 
