@@ -109,6 +109,15 @@ enum PassEnd {
     Changed,
 }
 
+/// What became of a recorded upload on resume.
+enum Resumed {
+    Continue(Box<Session>),
+    /// A run that died after its Complete had already published the file.
+    AlreadyComplete(UploadOutcome),
+    /// Nothing usable (checkpoint discarded): start a new upload.
+    Restart,
+}
+
 /// What `drive` concluded.
 enum Driven {
     Done(UploadOutcome),
@@ -150,7 +159,11 @@ impl Session {
         let snapshot = io::wait_not_racy(&spec.path, &mut opened, inner.config.racy_window).await?;
         let resumed = match checkpoint {
             Some(Checkpoint::Valid { upload, parts }) => {
-                Self::resume(&inner, spec, &opened, snapshot, &fingerprint, upload, parts).await?
+                match Self::resume(&inner, spec, &mut opened, snapshot, &fingerprint, upload, parts).await? {
+                    Resumed::Continue(session) => Some(*session),
+                    Resumed::AlreadyComplete(outcome) => return Ok(outcome),
+                    Resumed::Restart => None,
+                }
             }
             Some(damaged @ Checkpoint::Damaged { .. }) => {
                 discard_checkpoint(&inner, &damaged, "its checkpoint was damaged").await;
@@ -189,27 +202,32 @@ impl Session {
     async fn resume(
         inner: &Arc<Inner>,
         spec: &UploadSpec,
-        opened: &Opened,
+        opened: &mut Opened,
         snapshot: FileSnapshot,
         fingerprint: &str,
         upload: crate::state::UploadRecord,
         recorded: Vec<PartRecord>,
-    ) -> Result<Option<Session>, EngineError> {
+    ) -> Result<Resumed, EngineError> {
         let checkpoint = Checkpoint::Valid { upload: upload.clone(), parts: recorded.clone() };
         if upload.options_fingerprint != fingerprint {
             discard_checkpoint(inner, &checkpoint, "the object options changed since it was started").await;
-            return Ok(None);
+            return Ok(Resumed::Restart);
         }
         if PartPlan::with_exact_part_size(snapshot.size, upload.part_size).is_none() {
             discard_checkpoint(inner, &checkpoint, "the file outgrew 10,000 parts of the recorded size").await;
-            return Ok(None);
+            return Ok(Resumed::Restart);
         }
         let listed = match list_all_parts(inner.remote.as_ref(), &upload.bucket, &upload.key, &upload.upload_id).await {
             Ok(listed) => listed,
             Err(e) if e.is_no_such_upload() => {
+                if let Some(outcome) =
+                    Self::completed_by_a_dead_run(inner, spec, opened, snapshot, &upload, &recorded).await?
+                {
+                    return Ok(Resumed::AlreadyComplete(outcome));
+                }
                 tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "recorded upload no longer exists on the server; starting a new one");
                 inner.state.delete_upload(upload.id)?;
-                return Ok(None);
+                return Ok(Resumed::Restart);
             }
             Err(source) => return Err(EngineError::Remote { key: spec.key.clone(), source }),
         };
@@ -231,7 +249,7 @@ impl Session {
             inner.state.remove_parts(upload.id, &distrusted)?;
         }
         tracing::info!(path = %spec.path.display(), key = %upload.key, upload_id = %upload.upload_id, trusted_parts = parts.len(), "resuming upload");
-        Ok(Some(Session {
+        Ok(Resumed::Continue(Box::new(Session {
             inner: inner.clone(),
             spec: spec.clone(),
             opened: Opened { file: opened.file.clone(), snapshot: opened.snapshot },
@@ -246,7 +264,67 @@ impl Session {
             parts_sent: 0,
             parts_reused: 0,
             bytes_sent: 0,
-        }))
+        })))
+    }
+
+    /// The recorded upload is gone from the server. If every part was recorded, a run may have sent the
+    /// Complete and died before it read the answer (and deleted the checkpoint): then the object already
+    /// holds this file, and sending it again would waste a whole upload. That is trusted only as a normal
+    /// Complete is: the object's size and CRC-64 (whichever the server confirms) equal the recorded parts
+    /// combined, and the file, unchanged since `snapshot`, still hashes to every recorded part.
+    async fn completed_by_a_dead_run(
+        inner: &Arc<Inner>,
+        spec: &UploadSpec,
+        opened: &mut Opened,
+        snapshot: FileSnapshot,
+        upload: &crate::state::UploadRecord,
+        recorded: &[PartRecord],
+    ) -> Result<Option<UploadOutcome>, EngineError> {
+        let Some(plan) = PartPlan::with_exact_part_size(snapshot.size, upload.part_size) else { return Ok(None) };
+        let by_number: BTreeMap<u32, &PartRecord> = recorded.iter().map(|p| (p.part_number, p)).collect();
+        let Some(parts) = (1..=plan.count)
+            .map(|n| by_number.get(&n).copied().filter(|p| p.size == plan.range(n).1))
+            .collect::<Option<Vec<&PartRecord>>>()
+        else {
+            return Ok(None);
+        };
+        let remote_err = |source| EngineError::Remote { key: spec.key.clone(), source };
+        let info = inner.remote.head_object(&spec.bucket, &spec.key).await.map_err(remote_err)?;
+        let crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
+        let caps = inner.remote.capabilities();
+        let Some(info) = info.filter(|i| i.size == plan.size && (!caps.object_crc64 || i.crc64 == Some(crc))) else {
+            return Ok(None);
+        };
+        let mut nvme = Vec::with_capacity(parts.len());
+        for p in &parts {
+            EngineStats::add(&inner.stats.bytes_hashed, p.size);
+            match io::hash_range(&spec.path, &opened.file, plan.range(p.part_number).0, p.size).await? {
+                Some(h) if h.blake3 == p.blake3 && h.crc64 == p.crc64 => nvme.push((h.crc64nvme, p.size)),
+                _ => return Ok(None),
+            }
+        }
+        let verified = caps.object_crc64 || (caps.object_crc64nvme && info.crc64nvme == Some(crc64nvme_fold(nvme)));
+        if !verified || !io::unchanged_since(&spec.path, opened, snapshot).await? {
+            return Ok(None);
+        }
+        EngineStats::add(&inner.stats.parts_reused, u64::from(plan.count));
+        let outcome = UploadOutcome {
+            size: plan.size,
+            crc64: crc,
+            etag: info.etag,
+            snapshot,
+            part_size: plan.part_size,
+            part_blake3: parts.iter().map(|p| p.blake3).collect(),
+            resumed: true,
+            parts_sent: 0,
+            parts_reused: u64::from(plan.count),
+            bytes_sent: 0,
+            passes: 1,
+        };
+        inner.state.complete(Some(upload.id), &synced_record(spec, &outcome))?;
+        tracing::info!(path = %spec.path.display(), key = %spec.key, upload_id = %upload.upload_id, size = outcome.size,
+            crc64 = outcome.crc64, "the recorded upload had already been completed with these bytes; nothing to send");
+        Ok(Some(outcome))
     }
 
     /// Initiate a new upload and write its checkpoint before any part is sent.
