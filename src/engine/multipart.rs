@@ -99,6 +99,11 @@ async fn abort_upload(inner: &Inner, bucket: &str, key: &str, upload_id: &str, w
     }
 }
 
+/// A recorded part as Complete lists it, with its CRC-64/NVME (checkpoints record only CRC-64/XZ).
+pub(super) fn completed_part(p: &PartRecord, crc64nvme: u64) -> CompletedPart {
+    CompletedPart { part_number: p.part_number, etag: p.etag.clone(), size: p.size, crc64: p.crc64, crc64nvme }
+}
+
 fn etag_eq(a: &str, b: &str) -> bool {
     a.trim_matches('"').eq_ignore_ascii_case(b.trim_matches('"'))
 }
@@ -563,16 +568,7 @@ impl Session {
         let expected_crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
         let nvme = |n: u32| self.part_nvme.get(&n).copied().unwrap_or_default();
         let expected_nvme = crc64nvme_fold(parts.iter().map(|p| (nvme(p.part_number), p.size)));
-        let list: Vec<CompletedPart> = parts
-            .iter()
-            .map(|p| CompletedPart {
-                part_number: p.part_number,
-                etag: p.etag.clone(),
-                size: p.size,
-                crc64: p.crc64,
-                crc64nvme: nvme(p.part_number),
-            })
-            .collect();
+        let list: Vec<CompletedPart> = parts.iter().map(|p| completed_part(p, nvme(p.part_number))).collect();
         let options = CompleteOptions {
             acl: self.spec.options.acl.clone(),
             forbid_overwrite: self.spec.options.forbid_overwrite,
