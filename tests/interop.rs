@@ -5,25 +5,14 @@
 //! The Python environment comes from `$OSSMIRROR_TEST_VENV`, or `<repo>/.venv`; `./scripts/test` creates it
 //! from `tests/requirements.txt`. A missing environment is a failure, never a silent skip.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-fn python() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let venv = std::env::var_os("OSSMIRROR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| manifest.join(".venv"));
-    let python = venv.join("bin").join("python");
-    assert!(
-        python.exists(),
-        "the interop suite needs the Python SDKs in a virtualenv, but {} does not exist.\n\
-         Run ./scripts/test (it creates .venv from tests/requirements.txt), or set OSSMIRROR_TEST_VENV.",
-        python.display()
-    );
-    python
-}
-
 fn pytest(file: &str) {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(python())
+    let status = Command::new(common::python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-r", "fE"])
         .arg(manifest.join("tests").join("interop").join(file))
         .current_dir(&manifest)

@@ -50,9 +50,22 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
             .context("opening the checkpoint database")??;
         if let Some(q) = report.quarantined {
             tracing::warn!(moved_to = %q.moved_to.display(), reason = %q.reason, "checkpoint database was damaged; started a fresh one");
-            for upload in q.salvaged_uploads.iter().filter(|u| u.bucket == bucket && u.key == key) {
-                if let Err(e) = remote.abort_multipart(&upload.bucket, &upload.key, &upload.upload_id).await {
-                    tracing::warn!(upload_id = %upload.upload_id, error = %e, "could not abort an upload from the damaged checkpoint database");
+            let ours: Vec<_> = q.salvaged_uploads.iter().filter(|u| u.bucket == bucket && u.key == key).collect();
+            if ours.is_empty() {
+                tracing::warn!(
+                    "no upload to oss://{bucket}/{key} could be read from the damaged checkpoint database: if an \
+                     earlier run was interrupted, its unfinished upload stays on the server (its parts are billed) \
+                     until it is aborted, e.g. by a lifecycle rule for incomplete multipart uploads"
+                );
+            }
+            for upload in ours {
+                match remote.abort_multipart(&upload.bucket, &upload.key, &upload.upload_id).await {
+                    Ok(()) => {
+                        tracing::info!(upload_id = %upload.upload_id, "aborted the upload recorded in the damaged checkpoint database")
+                    }
+                    Err(e) => {
+                        tracing::warn!(upload_id = %upload.upload_id, error = %e, "could not abort an upload from the damaged checkpoint database")
+                    }
                 }
             }
         }

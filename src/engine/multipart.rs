@@ -25,26 +25,66 @@ use super::{
     synced_record,
 };
 use crate::checksum::{crc64_fold, crc64nvme_fold};
-use crate::remote::{Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts};
+use crate::remote::{
+    Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts, list_all_uploads,
+};
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
 
 /// Abort a checkpoint's server-side upload (best effort) and delete the checkpoint.
 pub(super) async fn discard_checkpoint(inner: &Inner, checkpoint: &Checkpoint, why: &str) {
-    let (id, bucket, key, upload_id) = match checkpoint {
+    match checkpoint {
         Checkpoint::Valid { upload, .. } => {
-            (upload.id, Some(upload.bucket.as_str()), Some(upload.key.as_str()), Some(upload.upload_id.as_str()))
+            abort_upload(inner, &upload.bucket, &upload.key, &upload.upload_id, why).await;
         }
         Checkpoint::Damaged { id, bucket, key, upload_id, reason } => {
             tracing::warn!(checkpoint = id.0, %reason, "checkpoint is damaged; it is not trusted");
-            (*id, bucket.as_deref(), key.as_deref(), upload_id.as_deref())
+            if let (Some(bucket), Some(key)) = (bucket, key) {
+                abort_damaged_upload(inner, *id, bucket, key, upload_id.as_deref(), why).await;
+            }
         }
-    };
-    if let (Some(bucket), Some(key), Some(upload_id)) = (bucket, key, upload_id) {
-        abort_upload(inner, bucket, key, upload_id, why).await;
     }
-    if let Err(e) = inner.state.delete_upload(id) {
-        tracing::warn!(checkpoint = id.0, error = %e, "could not delete a discarded checkpoint");
+    if let Err(e) = inner.state.delete_upload(checkpoint.id()) {
+        tracing::warn!(checkpoint = checkpoint.id().0, error = %e, "could not delete a discarded checkpoint");
+    }
+}
+
+/// The upload id read from a damaged checkpoint may be the damage itself (and aborting a made-up id
+/// "succeeds", since the goal, no such upload, holds). So abort the stored id only if the checkpoint's MACs
+/// confirm it; otherwise abort the uploads of this exact key that they confirm; and only when nothing can
+/// be confirmed fall back to the stored id, best effort.
+async fn abort_damaged_upload(
+    inner: &Inner,
+    row: UploadRowId,
+    bucket: &str,
+    key: &str,
+    stored: Option<&str>,
+    why: &str,
+) {
+    let confirms = |upload_id: &str| inner.state.checkpoint_confirms_upload_id(row, upload_id).unwrap_or(false);
+    let mut targets: Vec<String> = stored.filter(|u| confirms(u)).map(str::to_string).into_iter().collect();
+    if targets.is_empty() {
+        match list_all_uploads(inner.remote.as_ref(), bucket, Some(key)).await {
+            Ok(listed) => {
+                targets = listed
+                    .into_iter()
+                    .filter(|u| u.key == key && confirms(&u.upload_id))
+                    .map(|u| u.upload_id)
+                    .collect();
+                if !targets.is_empty() {
+                    tracing::warn!(checkpoint = row.0, %key, upload_ids = ?targets, "found the damaged checkpoint's server-side upload by its MACs");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%bucket, %key, error = %e, "could not list uploads to find a damaged checkpoint's upload")
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets.extend(stored.map(str::to_string));
+    }
+    for upload_id in targets {
+        abort_upload(inner, bucket, key, &upload_id, why).await;
     }
 }
 
@@ -59,6 +99,11 @@ async fn abort_upload(inner: &Inner, bucket: &str, key: &str, upload_id: &str, w
     }
 }
 
+/// A recorded part as Complete lists it, with its CRC-64/NVME (checkpoints record only CRC-64/XZ).
+pub(super) fn completed_part(p: &PartRecord, crc64nvme: u64) -> CompletedPart {
+    CompletedPart { part_number: p.part_number, etag: p.etag.clone(), size: p.size, crc64: p.crc64, crc64nvme }
+}
+
 fn etag_eq(a: &str, b: &str) -> bool {
     a.trim_matches('"').eq_ignore_ascii_case(b.trim_matches('"'))
 }
@@ -67,6 +112,15 @@ fn etag_eq(a: &str, b: &str) -> bool {
 enum PassEnd {
     Clean,
     Changed,
+}
+
+/// What became of a recorded upload on resume.
+enum Resumed {
+    Continue(Box<Session>),
+    /// A run that died after its Complete had already published the file.
+    AlreadyComplete(UploadOutcome),
+    /// Nothing usable (checkpoint discarded): start a new upload.
+    Restart,
 }
 
 /// What `drive` concluded.
@@ -110,7 +164,11 @@ impl Session {
         let snapshot = io::wait_not_racy(&spec.path, &mut opened, inner.config.racy_window).await?;
         let resumed = match checkpoint {
             Some(Checkpoint::Valid { upload, parts }) => {
-                Self::resume(&inner, spec, &opened, snapshot, &fingerprint, upload, parts).await?
+                match Self::resume(&inner, spec, &mut opened, snapshot, &fingerprint, upload, parts).await? {
+                    Resumed::Continue(session) => Some(*session),
+                    Resumed::AlreadyComplete(outcome) => return Ok(outcome),
+                    Resumed::Restart => None,
+                }
             }
             Some(damaged @ Checkpoint::Damaged { .. }) => {
                 discard_checkpoint(&inner, &damaged, "its checkpoint was damaged").await;
@@ -149,27 +207,32 @@ impl Session {
     async fn resume(
         inner: &Arc<Inner>,
         spec: &UploadSpec,
-        opened: &Opened,
+        opened: &mut Opened,
         snapshot: FileSnapshot,
         fingerprint: &str,
         upload: crate::state::UploadRecord,
         recorded: Vec<PartRecord>,
-    ) -> Result<Option<Session>, EngineError> {
+    ) -> Result<Resumed, EngineError> {
         let checkpoint = Checkpoint::Valid { upload: upload.clone(), parts: recorded.clone() };
         if upload.options_fingerprint != fingerprint {
             discard_checkpoint(inner, &checkpoint, "the object options changed since it was started").await;
-            return Ok(None);
+            return Ok(Resumed::Restart);
         }
         if PartPlan::with_exact_part_size(snapshot.size, upload.part_size).is_none() {
             discard_checkpoint(inner, &checkpoint, "the file outgrew 10,000 parts of the recorded size").await;
-            return Ok(None);
+            return Ok(Resumed::Restart);
         }
         let listed = match list_all_parts(inner.remote.as_ref(), &upload.bucket, &upload.key, &upload.upload_id).await {
             Ok(listed) => listed,
             Err(e) if e.is_no_such_upload() => {
+                if let Some(outcome) =
+                    Self::completed_by_a_dead_run(inner, spec, opened, snapshot, &upload, &recorded).await?
+                {
+                    return Ok(Resumed::AlreadyComplete(outcome));
+                }
                 tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "recorded upload no longer exists on the server; starting a new one");
                 inner.state.delete_upload(upload.id)?;
-                return Ok(None);
+                return Ok(Resumed::Restart);
             }
             Err(source) => return Err(EngineError::Remote { key: spec.key.clone(), source }),
         };
@@ -191,7 +254,7 @@ impl Session {
             inner.state.remove_parts(upload.id, &distrusted)?;
         }
         tracing::info!(path = %spec.path.display(), key = %upload.key, upload_id = %upload.upload_id, trusted_parts = parts.len(), "resuming upload");
-        Ok(Some(Session {
+        Ok(Resumed::Continue(Box::new(Session {
             inner: inner.clone(),
             spec: spec.clone(),
             opened: opened.clone(),
@@ -206,7 +269,67 @@ impl Session {
             parts_sent: 0,
             parts_reused: 0,
             bytes_sent: 0,
-        }))
+        })))
+    }
+
+    /// The recorded upload is gone from the server. If every part was recorded, a run may have sent the
+    /// Complete and died before it read the answer (and deleted the checkpoint): then the object already
+    /// holds this file, and sending it again would waste a whole upload. That is trusted only as a normal
+    /// Complete is: the object's size and CRC-64 (whichever the server confirms) equal the recorded parts
+    /// combined, and the file, unchanged since `snapshot`, still hashes to every recorded part.
+    async fn completed_by_a_dead_run(
+        inner: &Arc<Inner>,
+        spec: &UploadSpec,
+        opened: &mut Opened,
+        snapshot: FileSnapshot,
+        upload: &crate::state::UploadRecord,
+        recorded: &[PartRecord],
+    ) -> Result<Option<UploadOutcome>, EngineError> {
+        let Some(plan) = PartPlan::with_exact_part_size(snapshot.size, upload.part_size) else { return Ok(None) };
+        let by_number: BTreeMap<u32, &PartRecord> = recorded.iter().map(|p| (p.part_number, p)).collect();
+        let Some(parts) = (1..=plan.count)
+            .map(|n| by_number.get(&n).copied().filter(|p| p.size == plan.range(n).1))
+            .collect::<Option<Vec<&PartRecord>>>()
+        else {
+            return Ok(None);
+        };
+        let remote_err = |source| EngineError::Remote { key: spec.key.clone(), source };
+        let info = inner.remote.head_object(&spec.bucket, &spec.key).await.map_err(remote_err)?;
+        let crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
+        let caps = inner.remote.capabilities();
+        let Some(info) = info.filter(|i| i.size == plan.size && (!caps.object_crc64 || i.crc64 == Some(crc))) else {
+            return Ok(None);
+        };
+        let mut nvme = Vec::with_capacity(parts.len());
+        for p in &parts {
+            EngineStats::add(&inner.stats.bytes_hashed, p.size);
+            match io::hash_range(&spec.path, &opened.file, plan.range(p.part_number).0, p.size).await? {
+                Some(h) if h.blake3 == p.blake3 && h.crc64 == p.crc64 => nvme.push((h.crc64nvme, p.size)),
+                _ => return Ok(None),
+            }
+        }
+        let verified = caps.object_crc64 || (caps.object_crc64nvme && info.crc64nvme == Some(crc64nvme_fold(nvme)));
+        if !verified || !io::unchanged_since(&spec.path, opened, snapshot).await? {
+            return Ok(None);
+        }
+        EngineStats::add(&inner.stats.parts_reused, u64::from(plan.count));
+        let outcome = UploadOutcome {
+            size: plan.size,
+            crc64: crc,
+            etag: info.etag,
+            snapshot,
+            part_size: plan.part_size,
+            part_blake3: parts.iter().map(|p| p.blake3).collect(),
+            resumed: true,
+            parts_sent: 0,
+            parts_reused: u64::from(plan.count),
+            bytes_sent: 0,
+            passes: 1,
+        };
+        inner.state.complete(Some(upload.id), &synced_record(spec, &outcome))?;
+        tracing::info!(path = %spec.path.display(), key = %spec.key, upload_id = %upload.upload_id, size = outcome.size,
+            crc64 = outcome.crc64, "the recorded upload had already been completed with these bytes; nothing to send");
+        Ok(Some(outcome))
     }
 
     /// Initiate a new upload and write its checkpoint before any part is sent.
@@ -445,16 +568,7 @@ impl Session {
         let expected_crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
         let nvme = |n: u32| self.part_nvme.get(&n).copied().unwrap_or_default();
         let expected_nvme = crc64nvme_fold(parts.iter().map(|p| (nvme(p.part_number), p.size)));
-        let list: Vec<CompletedPart> = parts
-            .iter()
-            .map(|p| CompletedPart {
-                part_number: p.part_number,
-                etag: p.etag.clone(),
-                size: p.size,
-                crc64: p.crc64,
-                crc64nvme: nvme(p.part_number),
-            })
-            .collect();
+        let list: Vec<CompletedPart> = parts.iter().map(|p| completed_part(p, nvme(p.part_number))).collect();
         let options = CompleteOptions {
             acl: self.spec.options.acl.clone(),
             forbid_overwrite: self.spec.options.forbid_overwrite,

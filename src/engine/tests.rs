@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::remote::memory::{HookAction, MemoryRemote, RequestInfo};
-use crate::remote::{Capabilities, ServiceError};
+use crate::remote::{Capabilities, CompleteOptions, ServiceError};
 use crate::state::{Checkpoint, StateDb};
 
 const KIB: u64 = 1024;
@@ -281,6 +281,66 @@ async fn vanished_upload_on_resume_starts_a_new_one() {
     assert!(!out.resumed);
     assert_eq!(out.parts_sent, 4);
     assert_eq!(bed.remote.count("InitiateMultipartUpload"), 2);
+}
+
+/// Kill a run while it waits for the answer to its Complete, which the server carries out anyway: the
+/// checkpoint then names an upload that no longer exists, and the object holds the file.
+async fn killed_after_the_server_completed(bed: &Bed, spec: &UploadSpec) {
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let signal = reached.clone();
+    bed.remote.set_hook(move |r: &RequestInfo| {
+        if r.op == "CompleteMultipartUpload" {
+            signal.notify_one();
+            return HookAction::Hang;
+        }
+        HookAction::Proceed
+    });
+    run_until_crash(&bed.engine(config()), spec, reached).await;
+    bed.remote.clear_hook();
+    let Some(Checkpoint::Valid { upload, parts }) = bed.state.find_checkpoint(&spec.path, "bkt", "obj").unwrap() else {
+        panic!("expected a valid checkpoint");
+    };
+    // The in-memory remote does not check the parts' CRC-64/NVME.
+    let list: Vec<_> = parts.iter().map(|p| multipart::completed_part(p, 0)).collect();
+    bed.remote.complete_multipart("bkt", "obj", &upload.upload_id, &list, &CompleteOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_killed_after_the_server_completed_is_finished_without_sending_anything() {
+    let nvme_only = Capabilities { object_crc64: false, object_crc64nvme: true, complete_with_part_subset: true };
+    for remote in [MemoryRemote::new(), MemoryRemote::with_capabilities(nvme_only)] {
+        let bed = Bed::new(remote).await;
+        let content = data((PART * 4 + 5) as usize, 20);
+        let path = bed.file("big", &content);
+        let spec = bed.spec(&path);
+        killed_after_the_server_completed(&bed, &spec).await;
+        let sent_before = bed.remote.count("UploadPart");
+
+        let out = upload(&bed.engine(config()), &spec).await.unwrap();
+        assert!(out.resumed);
+        assert_eq!((out.parts_sent, out.parts_reused, out.bytes_sent), (0, 5, 0));
+        assert_eq!(bed.remote.count("UploadPart"), sent_before, "nothing sent again");
+        assert_eq!(bed.remote.count("InitiateMultipartUpload"), 1);
+        assert_eq!(bed.object(), content);
+        assert_eq!(bed.checkpoints(), 0);
+        assert_eq!(bed.state.synced("bkt", "obj").unwrap().map(|s| s.crc64), Some(out.crc64));
+    }
+}
+
+#[tokio::test]
+async fn a_run_killed_after_the_server_completed_uploads_a_file_changed_since() {
+    let bed = Bed::new(MemoryRemote::new()).await;
+    let mut content = data((PART * 4 + 5) as usize, 21);
+    let path = bed.file("big", &content);
+    let spec = bed.spec(&path);
+    killed_after_the_server_completed(&bed, &spec).await;
+    // Same size, one byte different in part 2: the object is not this file any more.
+    content[PART as usize + 7] ^= 0xFF;
+    std::fs::write(&path, &content).unwrap();
+
+    let out = upload(&bed.engine(config()), &spec).await.unwrap();
+    assert_eq!(bed.object(), content);
+    assert_eq!((out.parts_sent, out.resumed), (5, false), "a fresh upload of the new content");
 }
 
 #[tokio::test]

@@ -512,6 +512,39 @@ impl StateDb {
         })
     }
 
+    /// Whether checkpoint row `id` was written for the server-side upload `upload_id`: its upload row, or
+    /// one of its part rows (whose MACs bind the parent's upload id), verifies with `upload_id` in place of
+    /// the stored one. This finds the real upload of a checkpoint whose upload id column was damaged, so
+    /// that it can be aborted, and never confirms an upload the checkpoint did not record.
+    pub fn checkpoint_confirms_upload_id(&self, id: UploadRowId, upload_id: &str) -> Result<bool, StateError> {
+        self.run(|conn, mac| {
+            let tx = conn.transaction()?;
+            let row_confirms = tx
+                .prepare_cached(&format!("{SELECT_UPLOAD} WHERE id = ?1"))?
+                .query_row([id.0], |r| {
+                    let (mut fields, stored) = rows::raw(r, UPLOAD_N)?;
+                    fields[rows::UPLOAD_ID_FIELD] = Field::text(upload_id);
+                    Ok(mac.verify("uploads", &fields, stored).is_ok())
+                })
+                .optional()?;
+            match row_confirms {
+                None => return Ok(false),
+                Some(true) => return Ok(true),
+                Some(false) => {}
+            }
+            let mut stmt = tx.prepare_cached(SELECT_PARTS)?;
+            let mut rs = stmt.query([id.0])?;
+            while let Some(row) = rs.next()? {
+                let (stored, tag) = rows::raw(row, PART_N)?;
+                let fields: Vec<Field<'_>> = std::iter::once(Field::text(upload_id)).chain(stored).collect();
+                if mac.verify("parts", &fields, tag).is_ok() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
     /// Delete a checkpoint (valid or damaged) and its parts.
     pub fn delete_upload(&self, id: UploadRowId) -> Result<(), StateError> {
         self.run(|conn, _| {
@@ -583,7 +616,7 @@ fn read_upload(row: &Row<'_>, mac: &MacKey) -> rusqlite::Result<UploadRead> {
                 id,
                 bucket: d.best_effort_string(2),
                 key: d.best_effort_string(3),
-                upload_id: d.best_effort_string(4),
+                upload_id: d.best_effort_string(rows::UPLOAD_ID_FIELD),
                 reason: format!("upload row {id}: {reason}"),
             }
         }

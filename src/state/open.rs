@@ -443,6 +443,9 @@ fn salvage_into(db: &Path, found: &mut Vec<SalvagedUpload>) -> rusqlite::Result<
         }
     });
     let result = (|| {
+        // Without this SQLite refuses the whole schema when any table's root page is past the end of a
+        // truncated file, even though the uploads table (an early page) is intact. Read-only: no writes.
+        conn.execute_batch("PRAGMA writable_schema = ON")?;
         let mut stmt = conn.prepare("SELECT bucket, key, upload_id FROM uploads")?;
         let mut rows = stmt.query([])?;
         // A row error (a damaged page part-way) ends the scan; rows already read are kept.

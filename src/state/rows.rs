@@ -153,6 +153,8 @@ fn snapshot_fields(s: &FileSnapshot) -> [Field<'static>; 5] {
 // ---- uploads ----------------------------------------------------------------------------------------------
 
 pub(crate) const UPLOAD_N: usize = super::schema::count(UPLOAD_COLS);
+/// Index of `upload_id` in an upload row's fields (as [`UploadRow::fields`] and [`decode_upload`] use it).
+pub(crate) const UPLOAD_ID_FIELD: usize = 4;
 
 /// The stored form of an upload row (borrowing, so `begin_upload` and `update_snapshot` share it).
 pub(crate) struct UploadRow<'a> {
@@ -206,7 +208,7 @@ pub(crate) fn decode_upload(fields: &[Field<'_>]) -> Result<UploadRecord, String
         local_path: d.path(1)?,
         bucket: d.string(2)?,
         key: d.string(3)?,
-        upload_id: d.string(4)?,
+        upload_id: d.string(UPLOAD_ID_FIELD)?,
         part_size: d.u64(5)?,
         snapshot: d.snapshot(6)?,
         options_fingerprint: d.string(11)?,

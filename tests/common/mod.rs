@@ -125,6 +125,22 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ossmirror"))
 }
 
+/// The Python of the virtualenv holding the official SDKs: `$OSSMIRROR_TEST_VENV`, or `<repo>/.venv`
+/// (`./scripts/test` creates it from `tests/requirements.txt`). A missing environment fails the test,
+/// never skips it.
+pub fn python() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::env::var_os("OSSMIRROR_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| manifest.join(".venv"));
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists(),
+        "this test needs the Python SDKs in a virtualenv, but {} does not exist.\n\
+         Run ./scripts/test (it creates .venv from tests/requirements.txt), or set OSSMIRROR_TEST_VENV.",
+        python.display()
+    );
+    python
+}
+
 impl ServerProcess {
     /// Start a server and wait until it listens. Panics (failing the test) with the server's log if it
     /// does not come up.

@@ -167,6 +167,26 @@ fn edited_upload_id_is_detected_and_reported_as_read() {
 }
 
 #[test]
+fn the_real_upload_id_of_an_edited_row_is_confirmed_by_its_macs() {
+    let f = fixture();
+    f.sql(&format!("UPDATE uploads SET upload_id = 'SOMEONE-ELSES' WHERE id = {}", f.a));
+    damaged(f.find_a().unwrap());
+    // The upload row's own MAC confirms the original id, and nothing else.
+    assert!(f.db.checkpoint_confirms_upload_id(f.a, "UP-A").unwrap());
+    for other in ["SOMEONE-ELSES", "UP-B", ""] {
+        assert!(!f.db.checkpoint_confirms_upload_id(f.a, other).unwrap(), "{other}");
+    }
+    // With a second column edited too, the part rows (which bind the parent's upload id) still confirm it.
+    f.sql(&format!("UPDATE uploads SET part_size = 1 WHERE id = {}", f.a));
+    assert!(f.db.checkpoint_confirms_upload_id(f.a, "UP-A").unwrap());
+    assert!(!f.db.checkpoint_confirms_upload_id(f.a, "UP-B").unwrap());
+    // Without parts nothing is left to confirm it with.
+    f.sql(&format!("DELETE FROM parts WHERE upload = {}", f.a));
+    assert!(!f.db.checkpoint_confirms_upload_id(f.a, "UP-A").unwrap());
+    assert!(!f.db.checkpoint_confirms_upload_id(UploadRowId(999), "UP-A").unwrap(), "no such row");
+}
+
+#[test]
 fn swapped_part_numbers_are_detected() {
     let f = fixture();
     let a = f.a;

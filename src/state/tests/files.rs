@@ -124,8 +124,9 @@ fn truncated_to_half() {
     let len = fs::metadata(&path).unwrap().len();
     fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
     let (_db, q) = recovered(&path);
-    // Best effort: whatever is salvaged is real.
-    assert!(q.salvaged_uploads.iter().all(|s| expected.contains(s)), "{:?}", q.salvaged_uploads);
+    // The uploads table lives on an early page, which survived: every upload id is salvaged for aborting,
+    // although tables rooted past the new end make SQLite call the schema corrupt.
+    assert_eq!(sorted(q.salvaged_uploads), expected);
 }
 
 #[test]
