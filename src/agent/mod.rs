@@ -386,7 +386,7 @@ impl Loop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.dispatch();
-            if self.settings.once && self.converged() {
+            if self.settings.once && self.converged(&events) {
                 tracing::info!(failed = self.failed.len(), "converged (--once): everything found is synced");
                 break;
             }
@@ -416,12 +416,15 @@ impl Loop {
         RunReport { failed: std::mem::take(&mut self.failed) }
     }
 
-    fn converged(&self) -> bool {
+    /// Nothing left to do or on its way: a path leaves `pending` only after its event is in `events`, so
+    /// `pending` is read first.
+    fn converged(&self, events: &mpsc::Receiver<WatchEvent>) -> bool {
         self.initial_scan_done
             && self.scanning.is_empty()
             && self.sched.is_empty()
             && self.jobs.is_empty()
             && self.watch.pending() == 0
+            && events.is_empty()
     }
 
     fn dispatch(&mut self) {

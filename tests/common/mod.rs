@@ -26,6 +26,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
