@@ -6,11 +6,12 @@ mod common;
 
 use std::ffi::OsStr;
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use common::agent::{
-    ACCESS_KEY_ID, ACCESS_KEY_SECRET, Agent, BucketView, Mirror, PART_SIZE, Tree, content, local_tree, op, uploads_in,
-    wait_until, write,
+    ACCESS_KEY_ID, ACCESS_KEY_SECRET, Agent, BucketView, Mirror, PART_SIZE, Tree, content, diff, local_tree, op,
+    uploads_in, wait_until, write,
 };
 use common::{ServeOptions, ServerProcess};
 use serde_json::json;
@@ -286,6 +287,60 @@ fn ten_thousand_files_converge_with_once() {
     for key in local.keys().step_by(997) {
         assert_eq!(&m.bucket.get(key), &local[key], "{key}");
     }
+}
+
+// -------------------------------------------------------------------------------------------------------
+// 8. Names and special files
+
+#[test]
+fn odd_names_special_files_links_and_excludes() {
+    let m = Mirror::new();
+    let root = &m.root;
+    let names = ["with space.txt", "plus+sign.txt", "amp&ersand.txt", "percent%20.txt", "ünïcödé 日本語.txt"];
+    for name in names {
+        write(root, name, &content(name, 100));
+    }
+    write(root, "dir with space/+&%.txt", b"nested");
+    write(root, "target.txt", b"the link's target");
+    std::os::unix::fs::symlink("target.txt", root.join("link.txt")).unwrap();
+    std::fs::write(root.join(OsStr::from_bytes(b"bad\xffname.txt")), b"invalid UTF-8 name").unwrap();
+    let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    write(root, "debug.log", b"excluded by --exclude");
+    write(root, "foo.swp", b"excluded by the default ignore list");
+    write(root, "dir with space/bar.swp", b"also");
+    let expected: Tree =
+        local_tree_of(root, &["bad\u{fffd}name.txt", "debug.log", "foo.swp", "dir with space/bar.swp"]);
+
+    let (agent, status) = m.agent().args(["--once", "--exclude", "*.log"]).run();
+    assert_eq!(m.bucket.tree(), expected, "{}\n{}", diff(&expected, &m.bucket.tree()), agent.log());
+    let log = agent.log();
+    let bad = log_line(&agent, "cannot be uploaded under its name");
+    assert!(bad.contains("path=bad\\xFFname.txt") && bad.contains("not valid UTF-8"), "{bad}");
+    assert!(log.contains("path=pipe") && log.contains("path=sock"), "FIFO and socket are named as skipped:\n{log}");
+    assert!(log_line(&agent, "path=link.txt").contains("symbolic link skipped"));
+    // The file that could not be uploaded makes the run fail, naming it.
+    assert_exit(status, 1, &agent);
+    assert!(log_line(&agent, "could not be synced").contains("bad\\xFFname.txt"), "{log}");
+
+    let (agent, _) = agent.arg("--follow-symlinks").run();
+    let mut expected = expected;
+    expected.insert("link.txt".into(), b"the link's target".to_vec());
+    assert_eq!(m.bucket.tree(), expected, "{}\n{}", diff(&expected, &m.bucket.tree()), agent.log());
+}
+
+/// The local tree without the files that are not mirrored (an invalid name shows as its lossy form).
+fn local_tree_of(root: &Path, leave_out: &[&str]) -> Tree {
+    let mut tree = Tree::new();
+    for entry in walkdir::WalkDir::new(root).into_iter().map(Result::unwrap).filter(|e| e.file_type().is_file()) {
+        let key = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if !leave_out.contains(&key.as_str()) {
+            tree.insert(key, std::fs::read(entry.path()).unwrap());
+        }
+    }
+    tree
 }
 
 // -------------------------------------------------------------------------------------------------------
