@@ -7,7 +7,9 @@ mod common;
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use common::agent::{
     ACCESS_KEY_ID, ACCESS_KEY_SECRET, Agent, BucketView, Mirror, PART_SIZE, Tree, content, diff, local_tree, op,
@@ -99,6 +101,16 @@ fn live_changes_are_mirrored() {
     std::fs::OpenOptions::new().append(true).open(root.join("a.txt")).unwrap().write_all(b", edited").unwrap();
     m.wait_mirrored(&agent);
 
+    // A touch or a chmod changes metadata, not content: the index is updated, nothing is uploaded.
+    m.server.reset_stats();
+    let revalidated = "metadata changed, content did not: index updated, nothing uploaded path=a.txt";
+    let a = std::fs::File::options().write(true).open(root.join("a.txt")).unwrap();
+    a.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    agent.wait_log(revalidated);
+    std::fs::set_permissions(root.join("a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    wait_until("the chmod is handled", || agent.log().matches(revalidated).count() == 2, || agent.log());
+    assert_eq!(uploads_in(&m.stats()), 0, "{:?}", m.stats());
+
     // An editor's save: write a temporary file, rename it over the original. One upload of the final content;
     // the temporary never becomes an object (without --delete it would stay in the bucket).
     write(root, "notes.txt", b"notes, first draft");
@@ -153,6 +165,84 @@ fn live_changes_are_mirrored() {
     m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
     std::fs::remove_dir_all(root.join("dir2")).unwrap();
     m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
+
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn with_delete_what_was_deleted_while_stopped_is_deleted_at_start() {
+    let m = Mirror::new();
+    for name in ["a.txt", "b.txt", "keep.txt", "gone/1.txt", "gone/2.txt"] {
+        write(&m.root, name, &content(name, 100));
+    }
+    let (agent, status) = m.agent().args(["--once", "--delete"]).run();
+    assert_exit(status, 0, &agent);
+    m.assert_mirrored(&agent);
+
+    std::fs::remove_file(m.root.join("a.txt")).unwrap();
+    std::fs::remove_dir_all(m.root.join("gone")).unwrap();
+    write(&m.root, "b.txt", b"changed while the agent was stopped");
+    let (agent, status) = agent.run();
+    assert_exit(status, 0, &agent);
+    m.assert_mirrored(&agent);
+}
+
+/// `tree` with every key under `prefix`.
+fn prefixed(prefix: &str, tree: Tree) -> Tree {
+    tree.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+}
+
+#[test]
+fn a_prefix_confines_uploads_deletions_and_the_orphan_sweep() {
+    let m = Mirror::new();
+    let others: Tree = [("outside.txt", "not ours"), ("host1-sibling/x.txt", "not ours either")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    for (key, data) in &others {
+        m.bucket.put(key, data);
+    }
+    m.bucket.initiate("host1/orphan.bin");
+    let theirs = m.bucket.initiate("elsewhere/orphan.bin");
+    write(&m.root, "a.txt", b"a");
+    write(&m.root, "d/b.txt", b"b");
+    let agent = m.agent().args(["--prefix", "host1/", "--delete", "--orphan-age", "0s"]).start();
+    let expected = || with_kept(prefixed("host1/", local_tree(&m.root)), &others);
+    m.wait_remote(&agent, &expected());
+    let left: Vec<String> = m.bucket.uploads().into_iter().map(|u| u.upload_id).collect();
+    assert_eq!(left, [theirs], "only the orphan under the prefix is aborted");
+
+    std::fs::remove_dir_all(m.root.join("d")).unwrap();
+    rename(&m.root, "a.txt", "c.txt");
+    m.wait_remote(&agent, &expected());
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_database_is_refused() {
+    let m = Mirror::new();
+    let _first = start_scanned(m.agent());
+    let (second, status) = m.agent().run();
+    assert_exit(status, 1, &second);
+    assert!(second.log().contains("already running"), "{}", second.log());
+}
+
+#[test]
+fn a_missing_root_is_waited_for_and_refused_with_once() {
+    let m = Mirror::new();
+    std::fs::remove_dir(&m.root).unwrap();
+    let (agent, status) = m.agent().arg("--once").run();
+    assert_exit(status, 2, &agent);
+    assert!(log_line(&agent, "ossmirror: error:").contains("--watch"), "{}", agent.log());
+
+    let agent = m.agent().start();
+    agent.wait_log("the directory to watch is missing; waiting");
+    write(&m.root, "late.txt", b"late");
+    m.wait_mirrored(&agent);
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -227,6 +317,27 @@ fn sigterm_mid_upload_exits_0_after_the_shutdown_timeout_and_resumes() {
         assert_exit(agent.terminate(), 0, agent);
         assert!(agent.log().contains("shutdown timeout: stopping uploads now"), "{}", agent.log());
     });
+}
+
+#[test]
+fn a_file_modified_mid_upload_resends_only_the_changed_part() {
+    use std::os::unix::fs::FileExt as _;
+    let m = Mirror::new();
+    let size = (BIG_PARTS - 1) * PART_SIZE as u64 + 1000;
+    write(&m.root, "big.bin", &content("big", size as usize));
+    // Part 5 is held long enough for the test to change part 2, which was already sent.
+    m.server.script(json!({"op": "UploadPart", "part_number": 5, "delay": {"ms": 5000}}));
+    let agent = m.agent().set("--threads", "1").start();
+    wait_until("part 5 is held", || op(&m.stats(), "UploadPart").requests == 5, || agent.log());
+    let file = std::fs::File::options().write(true).open(m.root.join("big.bin")).unwrap();
+    file.write_all_at(b"changed while uploading", PART_SIZE as u64 + 10).unwrap();
+    drop(file);
+    m.wait_mirrored(&agent);
+    let stats = m.stats();
+    assert_eq!(op(&stats, "InitiateMultipartUpload").requests, 1, "{stats:?}");
+    let parts = op(&stats, "UploadPart");
+    assert_eq!(parts.requests, BIG_PARTS + 1, "every part once, part 2 twice: {stats:?}");
+    assert_eq!(parts.body_bytes, size + PART_SIZE as u64);
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -304,9 +415,7 @@ fn odd_names_special_files_links_and_excludes() {
     write(root, "target.txt", b"the link's target");
     std::os::unix::fs::symlink("target.txt", root.join("link.txt")).unwrap();
     std::fs::write(root.join(OsStr::from_bytes(b"bad\xffname.txt")), b"invalid UTF-8 name").unwrap();
-    let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    mkfifo(&root.join("pipe"));
     let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     write(root, "debug.log", b"excluded by --exclude");
     write(root, "foo.swp", b"excluded by the default ignore list");

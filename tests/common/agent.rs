@@ -23,7 +23,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ossmirror::remote::oss::{OssClient, OssConfig};
-use ossmirror::remote::{Credentials, ListObjectsRequest, ListedObject, ListedUpload, Remote};
+use ossmirror::remote::{Credentials, ListObjectsRequest, ListedObject, ListedUpload, ObjectOptions, Remote};
 use ossmirror::server::Stats;
 use ossmirror::server::faults::OpStats;
 
@@ -53,6 +53,8 @@ pub struct Agent {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     log_dir: PathBuf,
+    /// Tells this agent's logs from those of other agents logging to the same directory.
+    id: u32,
     runs: u32,
     child: Option<Child>,
 }
@@ -60,7 +62,8 @@ pub struct Agent {
 impl Agent {
     /// An agent with no arguments yet; logs go to `log_dir`. Inherits no `OSS_*`/`AWS_*` variables.
     pub fn new(log_dir: &Path) -> Agent {
-        Agent { args: Vec::new(), env: Vec::new(), log_dir: log_dir.to_path_buf(), runs: 0, child: None }
+        let log_dir = log_dir.to_path_buf();
+        Agent { args: Vec::new(), env: Vec::new(), log_dir, id: fastrand::u32(..), runs: 0, child: None }
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Agent {
@@ -88,7 +91,7 @@ impl Agent {
     }
 
     fn log_path(&self, run: u32) -> PathBuf {
-        self.log_dir.join(format!("agent-{run}.log"))
+        self.log_dir.join(format!("agent-{:08x}-{run}.log", self.id))
     }
 
     /// Start the process (panics if one is running).
@@ -217,6 +220,20 @@ impl BucketView {
     pub fn get(&self, key: &str) -> Vec<u8> {
         let got = self.runtime.block_on(self.client.get_object(&self.bucket, key, None));
         got.unwrap_or_else(|e| panic!("GET {key}: {e}")).body.to_vec()
+    }
+
+    pub fn put(&self, key: &str, data: &[u8]) {
+        let body = ossmirror::remote::Body::Bytes(data.to_vec().into());
+        let options = ObjectOptions::default();
+        let put = self.client.put_object(&self.bucket, key, body, &options);
+        self.runtime.block_on(put).unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+    }
+
+    /// Start a multipart upload (and leave it unfinished); returns its id.
+    pub fn initiate(&self, key: &str) -> String {
+        let options = ObjectOptions::default();
+        let initiate = self.client.initiate_multipart(&self.bucket, key, &options);
+        self.runtime.block_on(initiate).unwrap_or_else(|e| panic!("initiate {key}: {e}"))
     }
 
     /// Every object with its content.
@@ -356,6 +373,12 @@ impl Mirror {
             },
             || format!("differences:\n{}\nagent log:\n{}", diff(expected, &last.borrow()), agent.log()),
         );
+    }
+
+    /// The bucket mirrors the watched folder exactly, now.
+    pub fn assert_mirrored(&self, agent: &Agent) {
+        let (expected, actual) = (local_tree(&self.root), self.bucket.tree());
+        assert!(expected == actual, "differences:\n{}\nagent log:\n{}", diff(&expected, &actual), agent.log());
     }
 
     /// Wait until the bucket mirrors the watched folder exactly.
