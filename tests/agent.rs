@@ -91,6 +91,9 @@ fn live_changes_are_mirrored() {
     write(root, "dir1/one.txt", &content("one", 500));
     write(root, "dir1/two.txt", &content("two", 700));
     write(root, "dir1/sub/three.bin", &content("three", 2 * PART_SIZE + 5));
+    for name in ["swap/file", "swap/link", "swap/fifo"] {
+        write(root, name, name.as_bytes());
+    }
     let mut agent = m.agent().start();
     m.wait_mirrored(&agent);
     let mut kept = Tree::new();
@@ -166,6 +169,14 @@ fn live_changes_are_mirrored() {
     std::fs::remove_dir_all(root.join("dir2")).unwrap();
     m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
 
+    // A file replaced by a directory, a symlink or a FIFO is gone as a file: its object goes too.
+    for name in ["swap/file", "swap/link", "swap/fifo"] {
+        std::fs::remove_file(root.join(name)).unwrap();
+    }
+    write(root, "swap/file/inner.txt", b"inner");
+    std::os::unix::fs::symlink("file/inner.txt", root.join("swap/link")).unwrap();
+    mkfifo(&root.join("swap/fifo"));
+    m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
 }
 
 fn mkfifo(path: &Path) {
