@@ -256,6 +256,37 @@ fn a_missing_root_is_waited_for_and_refused_with_once() {
     m.wait_mirrored(&agent);
 }
 
+#[test]
+fn with_delete_renames_are_copies_and_the_old_objects_go() {
+    let m = Mirror::new();
+    for i in 0..12 {
+        write(&m.root, &format!("photos/{i:02}.jpg"), &content(&format!("photo {i}"), 2000 + i));
+    }
+    write(&m.root, "report.pdf", &content("report", 3 * PART_SIZE));
+    let agent = m.agent().arg("--delete").start();
+    m.wait_mirrored(&agent);
+    // A real endpoint takes its time to copy: the removals of the old paths must wait for the copies.
+    m.server.script(json!({"op": "CopyObject", "times": 1000, "delay": {"ms": 300}}));
+    m.server.reset_stats();
+    rename(&m.root, "photos", "pictures");
+    rename(&m.root, "report.pdf", "report-final.pdf");
+    m.wait_mirrored(&agent);
+    let stats = m.stats();
+    assert_eq!(uploads_in(&stats), 0, "renames upload nothing: {stats:?}");
+    assert_eq!(op(&stats, "CopyObject").requests, 13, "{stats:?}");
+}
+
+#[test]
+fn an_outage_of_the_server_is_waited_out() {
+    let m = Mirror::new();
+    let agent = start_scanned(m.agent());
+    m.server.set_down("drop", None);
+    write(&m.root, "during-outage.txt", b"written while the server was down");
+    wait_until("the agent tried", || m.stats().faults.down_drops > 0, || agent.log());
+    m.server.set_down("up", None);
+    m.wait_mirrored(&agent);
+}
+
 // -------------------------------------------------------------------------------------------------------
 // 3. A file written slowly
 
