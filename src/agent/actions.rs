@@ -12,8 +12,9 @@
 //! 5. **Upload** through the engine.
 //!
 //! A remove job forgets the index rows of a path that is gone (and everything under it), and with
-//! `--delete` deletes the objects — after checking, file by file, that the local path really is absent
-//! and the watched root is still the one we started with.
+//! `--delete` deletes the objects — after checking, file by file, that no regular file is at the local path
+//! any more (absent, or replaced by a directory, a FIFO, a symlink) and the watched root is still the one we
+//! started with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,6 +135,18 @@ impl Ctx {
             size.max(1)
         } else {
             PartPlan::new(size, self.part_size).map(|p| p.part_size).unwrap_or(self.part_size)
+        }
+    }
+
+    /// Nothing uploadable is at `rel` any more: absent, or no longer a regular file (a directory, a FIFO, a
+    /// symbolic link when links are not followed), so its object is stale. A path that cannot be read is not
+    /// proof of anything and counts as present.
+    pub fn file_is_gone(&self, rel: &Path) -> bool {
+        let path = self.path_of(rel);
+        let meta = if self.follow_symlinks { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) };
+        match meta {
+            Ok(m) => !m.is_file(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         }
     }
 
@@ -364,7 +377,7 @@ impl Ctx {
                     continue;
                 }
                 let Some(entry_rel) = rel_path_of_key(&self.prefix, &entry_key) else { continue };
-                if self.stat(&entry_rel).await?.is_none() {
+                if self.stat(&entry_rel).await?.is_none_or(|m| !m.is_file()) {
                     gone.push((entry_key, matches!(entry, SyncedEntry::Valid(_))));
                 }
             }

@@ -87,7 +87,8 @@ pub struct AgentInfo {
 /// How a run ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunReport {
-    /// `--once`: files that still failed after their retries.
+    /// `--once`: keys of files that still failed after their retries, and escaped paths of files whose
+    /// names cannot be object keys.
     pub failed: Vec<String>,
 }
 
@@ -386,7 +387,7 @@ impl Loop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.dispatch();
-            if self.settings.once && self.converged() {
+            if self.settings.once && self.converged(&events) {
                 tracing::info!(failed = self.failed.len(), "converged (--once): everything found is synced");
                 break;
             }
@@ -416,12 +417,15 @@ impl Loop {
         RunReport { failed: std::mem::take(&mut self.failed) }
     }
 
-    fn converged(&self) -> bool {
+    /// Nothing left to do or on its way: a path leaves `pending` only after its event is in `events`, so
+    /// `pending` is read first.
+    fn converged(&self, events: &mpsc::Receiver<WatchEvent>) -> bool {
         self.initial_scan_done
             && self.scanning.is_empty()
             && self.sched.is_empty()
             && self.jobs.is_empty()
             && self.watch.pending() == 0
+            && events.is_empty()
     }
 
     fn dispatch(&mut self) {
@@ -451,7 +455,7 @@ impl Loop {
         self.scans.spawn(async move { reconcile::run(ctx, scanner, settle, rel, tx).await });
     }
 
-    fn key_of(&self, rel: &Path) -> Option<String> {
+    fn key_of(&mut self, rel: &Path) -> Option<String> {
         match object_key(&self.ctx.prefix, rel) {
             Ok(key) => Some(key),
             Err(e) => {
@@ -461,10 +465,16 @@ impl Loop {
         }
     }
 
-    fn report_bad_name(&self, rel: &Path, error: &str) {
+    /// A file that cannot be uploaded under its name is not synced: reported, and under `--once` a failure
+    /// of the run (a backup that silently left a file out would be worse than one that says so).
+    fn report_bad_name(&mut self, rel: &Path, error: &str) {
         tracing::warn!(path = %escape_path(rel), %error, "this file cannot be uploaded under its name; rename it");
         let path = self.ctx.path_of(rel);
-        let _ = self.ctx.state.mark_failed(&path, INVALID_NAME_BUCKET, &escape_path(rel), error, None);
+        let escaped = escape_path(rel);
+        let _ = self.ctx.state.mark_failed(&path, INVALID_NAME_BUCKET, &escaped, error, None);
+        if self.settings.once && !self.failed.contains(&escaped) {
+            self.failed.push(escaped);
+        }
     }
 
     fn on_event(&mut self, event: WatchEvent, requests: &mpsc::Sender<Request>) {

@@ -124,23 +124,22 @@ async fn scan(ctx: &Ctx, scanner: &Scanner, settle: Duration, subtree: PathBuf, 
     summary
 }
 
-/// Index rows under `subtree` whose file is gone: counted first, then (unless the brake holds) removed.
+/// Index rows at and under `subtree` whose file is gone: counted first, then (unless the brake holds)
+/// removed. "At": a synced file that became this directory is gone as a file.
 async fn find_missing(ctx: &Ctx, subtree: &std::path::Path, tx: &mpsc::Sender<Request>, summary: &mut Summary) {
-    let key_prefix = match object_key(&ctx.prefix, subtree) {
-        Ok(k) if !subtree.as_os_str().is_empty() => format!("{k}/"),
-        _ => ctx.prefix.clone(),
+    let (own_key, key_prefix) = match object_key(&ctx.prefix, subtree) {
+        Ok(k) if !subtree.as_os_str().is_empty() => (Some(k.clone()), format!("{k}/")),
+        _ => (None, ctx.prefix.clone()),
     };
     let missing_rels = |ctx: &Ctx| {
         let mut tracked = 0u64;
         let mut missing = Vec::new();
-        for entry in ctx.state.iter_synced(&ctx.bucket, &key_prefix) {
-            let Ok(entry) = entry else { break };
-            let key = entry.key().to_string();
+        let own = own_key.iter().filter(|k| matches!(ctx.state.synced(&ctx.bucket, k), Ok(Some(_)))).cloned();
+        let under = ctx.state.iter_synced(&ctx.bucket, &key_prefix).map_while(Result::ok).map(|e| e.key().to_string());
+        for key in own.chain(under) {
             let Some(rel) = rel_path_of_key(&ctx.prefix, &key) else { continue };
             tracked += 1;
-            let gone =
-                std::fs::symlink_metadata(ctx.path_of(&rel)).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
-            if gone {
+            if ctx.file_is_gone(&rel) {
                 missing.push((rel, key));
             }
         }

@@ -5,6 +5,11 @@
 //! it dirty, so the key runs again when the current run ends (the file changed while being handled); for a
 //! waiting key it replaces the job and makes it ready now (new information beats the backoff).
 //!
+//! Removals wait until no upload is queued or running (rclone's `--delete-after`): a rename arrives as a
+//! removal of the old path and a sync of the new one, and the sync wants the old object as the source of a
+//! server-side copy; deleting it first would turn every rename into a re-upload, and would leave a window in
+//! which the remote holds neither name. Syncs waiting for a retry do not hold removals back.
+//!
 //! The scheduler only orders work; what a job does lives in `actions`, and the agent loop drives
 //! [`Scheduler::next_ready`] / [`Scheduler::finish`].
 
@@ -37,6 +42,8 @@ struct Entry {
     phase: Phase,
     /// A newer request arrived while running: run again afterwards.
     dirty: bool,
+    /// The running job is a sync (counted in `running_syncs`).
+    running_sync: bool,
     attempts: u32,
 }
 
@@ -53,7 +60,11 @@ const BASE_DELAY: Duration = Duration::from_secs(2);
 
 pub struct Scheduler {
     entries: HashMap<String, Entry>,
+    /// Keys ready to run, in request order (a key may appear twice; stale items are skipped).
     ready: VecDeque<String>,
+    /// Ready removals held back while a sync is queued or running.
+    removals: VecDeque<String>,
+    running_syncs: usize,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
     running: usize,
     jobs: usize,
@@ -66,6 +77,8 @@ impl Scheduler {
         Scheduler {
             entries: HashMap::new(),
             ready: VecDeque::new(),
+            removals: VecDeque::new(),
+            running_syncs: 0,
             waiting: BinaryHeap::new(),
             running: 0,
             jobs: jobs.max(1),
@@ -78,8 +91,11 @@ impl Scheduler {
     pub fn request(&mut self, key: String, job: Job) -> bool {
         match self.entries.get_mut(&key) {
             Some(entry) => {
+                let now_a_sync = matches!(job, Job::Sync { .. }) && matches!(entry.job, Job::Remove { .. });
                 entry.job = job;
                 match entry.phase {
+                    // A removal turned into a sync may sit among the held removals: queue it with the syncs.
+                    Phase::Queued if now_a_sync => self.ready.push_back(key),
                     Phase::Queued => {}
                     Phase::Running => entry.dirty = true,
                     Phase::Waiting(_) => {
@@ -90,7 +106,10 @@ impl Scheduler {
                 false
             }
             None => {
-                self.entries.insert(key.clone(), Entry { job, phase: Phase::Queued, dirty: false, attempts: 0 });
+                self.entries.insert(
+                    key.clone(),
+                    Entry { job, phase: Phase::Queued, dirty: false, running_sync: false, attempts: 0 },
+                );
                 self.ready.push_back(key);
                 true
             }
@@ -129,18 +148,41 @@ impl Scheduler {
             if entry.phase != Phase::Queued {
                 continue;
             }
-            entry.phase = Phase::Running;
-            entry.dirty = false;
-            self.running += 1;
-            return Some((key, entry.job.clone(), entry.attempts));
+            if matches!(entry.job, Job::Remove { .. }) {
+                self.removals.push_back(key);
+                continue;
+            }
+            return self.start(key);
+        }
+        if self.running_syncs > 0 {
+            return None;
+        }
+        while let Some(key) = self.removals.pop_front() {
+            if self.entries.get(&key).is_some_and(|e| e.phase == Phase::Queued) {
+                return self.start(key);
+            }
         }
         None
+    }
+
+    fn start(&mut self, key: String) -> Option<(String, Job, u32)> {
+        let entry = self.entries.get_mut(&key)?;
+        entry.phase = Phase::Running;
+        entry.dirty = false;
+        entry.running_sync = matches!(entry.job, Job::Sync { .. });
+        self.running += 1;
+        self.running_syncs += usize::from(entry.running_sync);
+        let (job, attempts) = (entry.job.clone(), entry.attempts);
+        Some((key, job, attempts))
     }
 
     /// Record how the running job for `key` ended; returns the retry time when it will be retried.
     pub fn finish(&mut self, key: &str, how: Finish, now: Instant) -> Option<Instant> {
         self.running = self.running.saturating_sub(1);
         let entry = self.entries.get_mut(key)?;
+        if std::mem::take(&mut entry.running_sync) {
+            self.running_syncs = self.running_syncs.saturating_sub(1);
+        }
         if entry.dirty {
             // Something changed while it ran: run the latest request now, whatever this run's outcome.
             entry.phase = Phase::Queued;
@@ -267,6 +309,41 @@ mod tests {
         // New information about a waiting key makes it ready at once.
         s.request("bad".into(), sync("bad"));
         assert_eq!(s.next_ready().unwrap().0, "bad");
+    }
+
+    fn remove(rel: &str) -> Job {
+        Job::Remove { rel: rel.into() }
+    }
+
+    #[test]
+    fn removals_wait_for_queued_and_running_syncs_but_not_for_retries() {
+        let mut s = Scheduler::new(4, Duration::from_secs(60));
+        s.request("old".into(), remove("old"));
+        s.request("new".into(), sync("new"));
+        assert_eq!(s.next_ready().unwrap().0, "new", "the sync goes first although requested later");
+        assert!(s.next_ready().is_none(), "the removal waits while the sync runs");
+        let now = Instant::now();
+        s.finish("new", Finish::Done, now);
+        assert_eq!(s.next_ready().unwrap(), ("old".to_string(), remove("old"), 0));
+        s.finish("old", Finish::Done, now);
+
+        s.request("failing".into(), sync("failing"));
+        s.request("gone".into(), remove("gone"));
+        s.next_ready().unwrap();
+        s.finish("failing", Finish::Retry, now);
+        assert_eq!(s.next_ready().unwrap().0, "gone", "a sync waiting for its retry holds nothing back");
+    }
+
+    #[test]
+    fn a_held_removal_turned_into_a_sync_runs_as_a_sync() {
+        let mut s = Scheduler::new(4, Duration::from_secs(60));
+        s.request("busy".into(), sync("busy"));
+        s.request("k".into(), remove("k"));
+        s.next_ready().unwrap();
+        assert!(s.next_ready().is_none());
+        s.request("k".into(), sync("k"));
+        assert_eq!(s.next_ready().unwrap().1, sync("k"), "runs beside the other sync");
+        assert!(s.next_ready().is_none(), "and only once");
     }
 
     #[test]

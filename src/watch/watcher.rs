@@ -184,8 +184,17 @@ pub struct Watch {
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
     scanner: Scanner,
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Pending>,
     settle: Duration,
+}
+
+/// What [`Watch::pending`] counts, shared with the driver.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Paths in the gate, as of the driver's last update.
+    gate: AtomicUsize,
+    /// [`Watch::settle`] calls the driver has not put into the gate yet.
+    touches: AtomicUsize,
 }
 
 impl std::fmt::Debug for Command {
@@ -206,7 +215,7 @@ impl Watch {
         let (raw_tx, raw_rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let pending = Arc::new(AtomicUsize::new(0));
+        let pending = Arc::new(Pending::default());
         let settle = cfg.settle;
         let mut driver = Driver {
             probe: FsProbe::new(guard.clone(), cfg.follow_symlinks),
@@ -246,7 +255,11 @@ impl Watch {
     /// Put `rel` through the settle gate (for files a scan found different from the index). A `Stable`,
     /// `Removed` or `Unreadable` for it follows.
     pub fn settle(&self, rel: impl Into<PathBuf>) {
-        let _ = self.cmds.send(Command::Touch(rel.into()));
+        // Counted before it is sent, so `pending` never misses a path on its way into the gate.
+        self.pending.touches.fetch_add(1, Ordering::SeqCst);
+        if self.cmds.send(Command::Touch(rel.into())).is_err() {
+            self.pending.touches.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Ask for a `Rescan` of `rel` ("" = everything) through the event stream.
@@ -260,9 +273,13 @@ impl Watch {
         super::settle::is_settled(snapshot, self.settle, std::time::SystemTime::now())
     }
 
-    /// Paths waiting in the settle gate (for status and metrics).
+    /// Paths waiting in the settle gate, including those handed to [`Watch::settle`] that the driver has
+    /// not taken yet. A path leaves the count only after its event (if any) was sent: so once this is 0 and
+    /// the event receiver is empty, nothing is on its way (what `--once` needs to call a run converged).
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        // Touches first: the driver adds a touched path to the gate count before it uncounts the touch.
+        let touches = self.pending.touches.load(Ordering::SeqCst);
+        touches + self.pending.gate.load(Ordering::SeqCst)
     }
 
     /// Stop watching and wait for the driver to finish (it does not wait for the agent to read pending
@@ -369,7 +386,7 @@ struct Driver {
     root_missing: Option<Instant>,
     /// The last unpaired rename source: (tracker, its relative path unless excluded).
     pending_from: Option<(usize, Option<PathBuf>)>,
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Pending>,
 }
 
 /// The driver could not send (the agent dropped the receiver): stop.
@@ -388,7 +405,7 @@ impl Driver {
         let overflow = self.overflow.clone();
         let cancel = self.cancel.clone();
         loop {
-            self.pending.store(self.gate.len(), Ordering::Relaxed);
+            self.pending.gate.store(self.gate.len(), Ordering::SeqCst);
             let due = self.gate.next_due();
             // Not `biased`: a flood of commands must not starve raw events or the gate's deadlines.
             let result = tokio::select! {
@@ -433,6 +450,8 @@ impl Driver {
                 if !self.filter.excludes_path(&rel, false) {
                     self.gate.touch(&rel, Touch::Changed, Instant::now());
                 }
+                self.pending.gate.store(self.gate.len(), Ordering::SeqCst);
+                self.pending.touches.fetch_sub(1, Ordering::SeqCst);
                 Ok(())
             }
             Command::Rescan(rel) => self.emit(WatchEvent::Rescan { rel, reason: RescanReason::Requested }).await,

@@ -26,6 +26,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod seaweed;
 
 use std::io::{Read, Write};
