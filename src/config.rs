@@ -231,6 +231,14 @@ impl RemoteSettings {
 impl RemoteSettings {
     /// Build the remote these settings describe. `None` when no endpoint is configured.
     pub fn connect(&self) -> Result<Option<std::sync::Arc<dyn crate::remote::Remote>>, ConfigError> {
+        self.connect_with(None)
+    }
+
+    /// [`RemoteSettings::connect`], with every request body paced by `throttle` (`--bwlimit`).
+    pub fn connect_with(
+        &self,
+        throttle: Option<std::sync::Arc<crate::remote::Throttle>>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::remote::Remote>>, ConfigError> {
         let Some(endpoint) = &self.endpoint else { return Ok(None) };
         match self.protocol {
             Dialect::Oss => {
@@ -239,6 +247,7 @@ impl RemoteSettings {
                 config.signature = self.signature;
                 config.credentials = self.credentials.clone();
                 config.path_style = self.path_style;
+                config.throttle = throttle;
                 let client =
                     crate::remote::oss::OssClient::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;
                 Ok(Some(std::sync::Arc::new(client)))

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod names;
 pub mod oss;
 pub mod retry;
+pub mod throttle;
 
 use std::time::SystemTime;
 
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 pub use body::{Body, BodyDigest, FileRange};
 pub use credentials::{Credentials, Secret};
 pub use error::{ErrorKind, RemoteError, ServiceError};
+pub use throttle::Throttle;
 
 /// Which wire protocol a remote speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

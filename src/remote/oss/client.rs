@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use md5::{Digest as _, Md5};
 use tracing::Instrument as _;
 
-use crate::remote::body::DigestSlot;
+use crate::remote::body::{ChunkStream, DigestSlot};
 use crate::remote::error::TransportKind;
 use crate::remote::names::{validate_bucket, validate_key};
 use crate::remote::oss::endpoint::{ENDPOINT_FIX, Endpoint, RequestUrl};
@@ -39,6 +39,7 @@ use crate::remote::oss::response::{self, Redactor, Reply};
 use crate::remote::oss::sign::{SignatureVersion, Signer, uri_encode};
 use crate::remote::oss::xml;
 use crate::remote::retry::RetryPolicy;
+use crate::remote::throttle::Throttle;
 use crate::remote::{
     Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
     Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
@@ -81,6 +82,8 @@ pub struct OssConfig {
     /// Whether this server is known to accept a Complete that leaves out uploaded parts (unconfirmed on
     /// OSS, so off by default; see OSS-PROTOCOL.md §9.4).
     pub complete_with_part_subset: bool,
+    /// `--bwlimit`: paces every request body; share one across the clients of a process.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl OssConfig {
@@ -96,6 +99,7 @@ impl OssConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             complete_with_part_subset: false,
+            throttle: None,
         }
     }
 }
@@ -119,6 +123,7 @@ struct Inner {
     clock_offset_ms: AtomicI64,
     /// The secret and token, to be removed from any server text we pass on.
     redactor: Redactor,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl std::fmt::Debug for OssClient {
@@ -490,6 +495,7 @@ impl OssClient {
                 },
                 clock_offset_ms: AtomicI64::new(0),
                 redactor,
+                throttle: config.throttle,
             }),
         })
     }
@@ -716,6 +722,11 @@ impl OssClient {
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
     async fn attempt(&self, call: &Call<'_>, url: &RequestUrl, attempt: u32) -> Result<Reply, RemoteError> {
         let op = call.op;
+        // An in-memory body waits for its credit before it is signed (a long wait must not age the
+        // signature); a file body is paced chunk by chunk as it streams.
+        if let (Some(t), Body::Bytes(b)) = (&self.inner.throttle, &call.body) {
+            t.acquire(b.len() as u64).await;
+        }
         let mut headers = call.headers.clone();
         let now = self.now();
         match &self.inner.credentials {
@@ -754,6 +765,12 @@ impl OssClient {
                 Body::File(_) => {
                     let (stream, s) = call.body.stream();
                     let p = Progress::new(call.body.is_empty());
+                    // Throttled inside Watched: time spent waiting for credit counts as waiting on us, not
+                    // as a server that stopped taking bytes.
+                    let stream: ChunkStream = match &self.inner.throttle {
+                        Some(t) => Box::pin(t.wrap(stream)),
+                        None => stream,
+                    };
                     let watched = Watched { inner: stream, progress: p.clone(), remaining: call.body.len() };
                     request = request.body(reqwest::Body::wrap_stream(watched));
                     slot = Some(s);
