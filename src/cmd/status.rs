@@ -443,7 +443,7 @@ fn recent_errors(db: &StateDb, limit: usize) -> anyhow::Result<Vec<FileStatus>> 
             _ => break,
         }
     }
-    keep.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    keep.sort_by_key(|s| Reverse(s.updated_at));
     Ok(keep)
 }
 

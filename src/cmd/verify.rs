@@ -35,7 +35,7 @@ use ossmirror::agent::local::hash_file;
 use ossmirror::agent::setup;
 use ossmirror::cli::VerifyArgs;
 use ossmirror::config::{FileConfig, ProcessEnv, RemoteSettings};
-use ossmirror::remote::{ListObjectsRequest, Remote};
+use ossmirror::remote::{ListObjectsRequest, ObjectInfo, Remote};
 use ossmirror::snapshot::FileSnapshot;
 use ossmirror::units::format_size;
 use ossmirror::watch::{Filter, FilterConfig, RootGuard, ScanItem, Scanner, escape_path, object_key, rel_path_of_key};
@@ -322,15 +322,11 @@ async fn check(
             ..finding("size")
         }));
     }
-    let (name, remote_crc) = match (info.crc64, info.crc64nvme) {
-        (Some(c), _) => ("crc64", c),
-        (None, Some(c)) => ("crc64nvme", c),
-        (None, None) => {
-            return Ok(Checked::Mismatch(Finding {
-                detail: Some("the remote reports no CRC-64 for this object: its content cannot be verified".into()),
-                ..finding("no_checksum")
-            }));
-        }
+    let Some((name, remote_crc)) = remote_checksum(&info) else {
+        return Ok(Checked::Mismatch(Finding {
+            detail: Some("the remote reports no CRC-64 for this object: its content cannot be verified".into()),
+            ..finding("no_checksum")
+        }));
     };
     // One piece (u64::MAX): only the whole-file checksums are wanted.
     let hashed = tokio::task::spawn_blocking(move || hash_file(&path, u64::MAX, &snapshot))
@@ -356,6 +352,16 @@ async fn check(
         remote_checksum: Some(remote_crc.to_string()),
         ..finding("checksum")
     }))
+}
+
+/// The checksum to compare with: OSS's CRC-64/XZ when reported, else S3's full-object CRC-64/NVME. A copy
+/// or an old object may report neither.
+fn remote_checksum(info: &ObjectInfo) -> Option<(&'static str, u64)> {
+    match (info.crc64, info.crc64nvme) {
+        (Some(c), _) => Some(("crc64", c)),
+        (None, Some(c)) => Some(("crc64nvme", c)),
+        (None, None) => None,
+    }
 }
 
 struct Output {
@@ -425,5 +431,31 @@ impl Output {
             line.push_str("; the local scan was INCOMPLETE (see the errors above)");
         }
         println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checksum_follows_what_the_remote_reports() {
+        let info = ObjectInfo {
+            key: "k".into(),
+            size: 1,
+            etag: "\"e\"".into(),
+            crc64: None,
+            crc64nvme: None,
+            last_modified: None,
+            content_type: None,
+            metadata: Vec::new(),
+            storage_class: None,
+            object_type: None,
+        };
+        assert_eq!(remote_checksum(&info), None, "no checksum: never called verified");
+        let s3 = ObjectInfo { crc64nvme: Some(7), ..info.clone() };
+        assert_eq!(remote_checksum(&s3), Some(("crc64nvme", 7)));
+        let oss = ObjectInfo { crc64: Some(9), ..s3 };
+        assert_eq!(remote_checksum(&oss), Some(("crc64", 9)));
     }
 }
