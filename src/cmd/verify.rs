@@ -95,6 +95,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         prefix,
         root,
         jobs: args.jobs.map_or(DEFAULT_JOBS, usize::from),
+        follow_symlinks: follow,
         out: Output { json: args.json },
     };
     let outcome = verify.run(&scanner, &filter).await;
@@ -140,6 +141,7 @@ struct Verify {
     prefix: String,
     root: PathBuf,
     jobs: usize,
+    follow_symlinks: bool,
     out: Output,
 }
 
@@ -275,7 +277,9 @@ impl Verify {
                     None => Some("the key names no local file"),
                     Some(rel) if filter.excludes_path(&rel, false) => Some("its local path is excluded"),
                     Some(rel) => match std::fs::symlink_metadata(self.root.join(&rel)) {
-                        Ok(m) if m.is_file() || m.file_type().is_symlink() => None,
+                        Ok(m) if m.is_file() => None,
+                        // Followed links were checked in pass 1; unfollowed ones are never mirrored.
+                        Ok(m) if m.file_type().is_symlink() && self.follow_symlinks => None,
                         _ => Some("no local file"),
                     },
                 };
