@@ -42,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "bench"
+PROFILE = "release"
 AK, SK = "BENCHAK", "BENCHSK"
 
 
@@ -254,7 +255,7 @@ class Bench:
             sys.exit(f"(d) needs about {need:,} free inodes with a margin; {self.work} has {st.f_favail:,} (df -i)")
         self.make_tree("d", n, 0)
         t0 = time.monotonic()
-        example = target_dir() / "release" / "examples" / "bench_index"
+        example = target_dir() / PROFILE / "examples" / "bench_index"
         subprocess.run([str(example), str(self.work / "d.db"), str(self.work / "d"), BUCKET, "d/"], check=True,
                        env=self.env)
         log(f"  index of {n:,} synced rows written by bench_index in {time.monotonic() - t0:.1f} s; "
@@ -277,7 +278,8 @@ def main():
     ap.add_argument("--workdir", type=Path, help="where trees, databases and the server's data go [a temp dir]")
     ap.add_argument("--only", default="a,b,c,d", help="figures to run, e.g. a,b")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    ap.add_argument("--no-build", action="store_true", help="use the built binaries as they are")
+    ap.add_argument("--profile", default="release", help="cargo profile directory to run from (debug for a smoke run)")
     ap.add_argument("--files-a", type=int, default=10_000)
     ap.add_argument("--size-a", type=int, default=4096)
     ap.add_argument("--latency-files", type=int, default=100)
@@ -288,7 +290,9 @@ def main():
 
     if not args.no_build:
         build()
-    binary = target_dir() / "release" / "ossmirror"
+    global PROFILE
+    PROFILE = args.profile
+    binary = target_dir() / PROFILE / "ossmirror"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ossmirror-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     log(f"ossmirror agent benchmark; {load()}; work directory {work}")
