@@ -350,18 +350,22 @@ pub struct ServeArgs {
 /// `ossmirror status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// State database of the agent [default: found from --watch/--bucket/--prefix].
+    /// State database of the agent [default: derived from --watch/--bucket/--prefix as the agent does, or
+    /// the only agent database in the state directory].
     #[arg(long, value_name = "PATH")]
     pub state_db: Option<PathBuf>,
 
-    #[arg(long, value_name = "DIR")]
+    /// The agent's --watch (with --bucket, and --prefix if it has one): finds its state database.
+    #[arg(long, value_name = "DIR", requires = "bucket")]
     pub watch: Option<PathBuf>,
-    #[arg(long, value_name = "BUCKET")]
+    /// The agent's --bucket.
+    #[arg(long, value_name = "BUCKET", requires = "watch")]
     pub bucket: Option<String>,
-    #[arg(long, value_name = "PREFIX")]
+    /// The agent's --prefix.
+    #[arg(long, value_name = "PREFIX", requires = "watch")]
     pub prefix: Option<String>,
 
-    /// Machine-readable output.
+    /// Print one JSON document (fields documented in `ossmirror status --help`'s source, src/cmd/status.rs).
     #[arg(long)]
     pub json: bool,
 }
@@ -369,21 +373,37 @@ pub struct StatusArgs {
 /// `ossmirror verify --watch DIR --bucket B`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
+    /// Local directory to compare.
     #[arg(long, value_name = "DIR")]
     pub watch: PathBuf,
+    /// Bucket holding the mirror.
     #[arg(long, value_name = "BUCKET")]
     pub bucket: String,
+    /// Key prefix of the mirror.
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// The agent's state database, to find its embedded store when no endpoint is given [default: derived
+    /// from --watch/--bucket/--prefix as the agent does].
     #[arg(long, value_name = "PATH")]
     pub state_db: Option<PathBuf>,
+    /// Skip paths matching this glob (repeatable), as the agent's --exclude.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Do not apply the built-in ignore list (as the agent's --no-default-excludes).
+    #[arg(long)]
+    pub no_default_excludes: bool,
+    /// Follow symbolic links (as the agent's --follow-symlinks).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// HEAD requests (and file reads) in flight [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Config file (TOML) for endpoint, credentials and excludes.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Machine-readable output.
+    /// Print JSON Lines: one object per finding, then a summary object.
     #[arg(long)]
     pub json: bool,
 }

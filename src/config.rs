@@ -246,6 +246,14 @@ impl RemoteSettings {
 impl RemoteSettings {
     /// Build the remote these settings describe. `None` when no endpoint is configured.
     pub fn connect(&self) -> Result<Option<std::sync::Arc<dyn crate::remote::Remote>>, ConfigError> {
+        self.connect_with(None)
+    }
+
+    /// [`RemoteSettings::connect`], with every request body paced by `throttle` (`--bwlimit`).
+    pub fn connect_with(
+        &self,
+        throttle: Option<std::sync::Arc<crate::remote::Throttle>>,
+    ) -> Result<Option<std::sync::Arc<dyn crate::remote::Remote>>, ConfigError> {
         let Some(endpoint) = &self.endpoint else { return Ok(None) };
         match self.protocol {
             Dialect::Oss => {
@@ -254,6 +262,7 @@ impl RemoteSettings {
                 config.signature = self.signature;
                 config.credentials = self.credentials.clone();
                 config.path_style = self.path_style;
+                config.throttle = throttle;
                 let client =
                     crate::remote::oss::OssClient::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;
                 Ok(Some(std::sync::Arc::new(client)))
@@ -264,6 +273,7 @@ impl RemoteSettings {
                 config.credentials = self.credentials.clone();
                 config.path_style = self.path_style;
                 config.integrity = self.s3_integrity;
+                config.throttle = throttle;
                 config.sign_payload = self.s3_sign_payload;
                 let client =
                     crate::remote::s3::S3Client::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
     let (log_format, default_filter) = match &cli.command {
         // The agent's embedded server would log every request it serves; its own log says what matters.
         None => (cli.agent.log_format, "info,ossmirror::server=warn"),
+        // `verify` may open the embedded store in process: its requests are not news either.
+        Some(Command::Verify(_)) => (None, "info,ossmirror::server=warn"),
         Some(_) => (None, "info"),
     };
     init_logging(log_format.unwrap_or(LogFormat::Text), default_filter);

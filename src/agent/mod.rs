@@ -119,10 +119,12 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
     let (state, open_report) = setup::open_state(&state_path).await?;
     tracing::info!(state_db = %state_path.display(), "state database open");
 
-    let (remote, embedded) = match settings.remote.connect()? {
+    // `--bwlimit`: one bucket for every upload of this agent, whatever --jobs and --threads are.
+    let throttle = settings.bwlimit.map(|rate| Arc::new(crate::remote::Throttle::new(rate)));
+    let (remote, embedded) = match settings.remote.connect_with(throttle.clone())? {
         Some(remote) => (remote, None),
         None => {
-            let (embedded, remote) = setup::embedded(&state_path, &settings.bucket).await?;
+            let (embedded, remote) = setup::embedded(&state_path, &settings.bucket, throttle).await?;
             (remote, Some(embedded))
         }
     };

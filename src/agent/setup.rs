@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{AgentSettings, Env, state_dir};
 use crate::remote::oss::{OssClient, OssConfig};
-use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, list_all_uploads};
+use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, Throttle, list_all_uploads};
 use crate::server::{RunningServer, Server, ServerConfig};
 use crate::state::{Checkpoint, OpenReport, StateDb};
 
@@ -21,18 +21,23 @@ use super::AgentError;
 
 /// The default state database for a watch dir + bucket + prefix: readable, and unique per combination.
 pub fn default_state_db(settings: &AgentSettings, env: &dyn Env) -> PathBuf {
-    let watch = std::fs::canonicalize(&settings.watch).unwrap_or_else(|_| settings.watch.clone());
+    state_db_for(&settings.watch, &settings.bucket, &settings.prefix, env)
+}
+
+/// [`default_state_db`] from the three values alone (`status` and `verify` find the agent's database so).
+pub fn state_db_for(watch: &Path, bucket: &str, prefix: &str, env: &dyn Env) -> PathBuf {
+    let watch = std::fs::canonicalize(watch).unwrap_or_else(|_| watch.to_path_buf());
     let mut h = blake3::Hasher::new();
     h.update(watch.as_os_str().as_encoded_bytes());
     h.update(b"\0");
-    h.update(settings.bucket.as_bytes());
+    h.update(bucket.as_bytes());
     h.update(b"\0");
-    h.update(settings.prefix.as_bytes());
+    h.update(prefix.as_bytes());
     let base = watch.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(40).collect()
     };
-    let name = format!("{}-{}-{}.db", clean(&settings.bucket), clean(&base), &h.finalize().to_hex()[..10]);
+    let name = format!("{}-{}-{}.db", clean(bucket), clean(&base), &h.finalize().to_hex()[..10]);
     state_dir(env).join(name)
 }
 
@@ -78,7 +83,11 @@ pub struct Embedded {
 
 /// Start the embedded server (data next to the state database) and a client for it. Random credentials:
 /// requests are signed like real ones, and nothing else on this machine can write to it.
-pub async fn embedded(state_path: &Path, bucket: &str) -> Result<(Embedded, Arc<dyn Remote>), AgentError> {
+pub async fn embedded(
+    state_path: &Path,
+    bucket: &str,
+    throttle: Option<Arc<Throttle>>,
+) -> Result<(Embedded, Arc<dyn Remote>), AgentError> {
     let root = state_path.with_extension("store");
     let mut rng = fastrand::Rng::new();
     let token = |rng: &mut fastrand::Rng| (0..24).map(|_| rng.alphanumeric()).collect::<String>();
@@ -93,6 +102,7 @@ pub async fn embedded(state_path: &Path, bucket: &str) -> Result<(Embedded, Arc<
     client.credentials = Some(credentials);
     // Our own server accepts a Complete that leaves out parts past a shrunk file's end.
     client.complete_with_part_subset = true;
+    client.throttle = throttle;
     let client = OssClient::new(client).map_err(|e| AgentError::Embedded(e.to_string()))?;
     Ok((Embedded { server, root }, Arc::new(client)))
 }

@@ -92,7 +92,8 @@ impl DigestSlot {
     }
 }
 
-type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
+/// A body attempt's bytes, as the HTTP stack pulls them.
+pub type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 impl Body {
     pub fn len(&self) -> u64 {

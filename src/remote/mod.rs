@@ -17,6 +17,7 @@ pub mod names;
 pub mod oss;
 pub mod retry;
 pub mod s3;
+pub mod throttle;
 pub(crate) mod transport;
 pub mod xml;
 
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 pub use body::{Body, BodyDigest, FileRange};
 pub use credentials::{Credentials, Secret};
 pub use error::{ErrorKind, RemoteError, ServiceError};
+pub use throttle::Throttle;
 
 /// Which wire protocol a remote speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use crate::remote::body::DigestSlot;
+use crate::remote::body::{ChunkStream, DigestSlot};
 use crate::remote::error::TransportKind;
 use crate::remote::oss::endpoint::Endpoint;
 use crate::remote::oss::response::Redactor;
 use crate::remote::retry::RetryPolicy;
+use crate::remote::throttle::Throttle;
 use crate::remote::{Body, RemoteError};
 
 /// Tracks one attempt's request body: when it last moved and whether it is complete.
@@ -129,6 +130,8 @@ pub(crate) struct Transport {
     endpoint_fix: &'static str,
     /// The secret and token, to be removed from any text we pass on.
     pub(crate) redactor: Redactor,
+    /// `--bwlimit`: paces every request body (one bucket shared by the clients of a process).
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl Transport {
@@ -138,6 +141,7 @@ impl Transport {
         read_timeout: Duration,
         endpoint_fix: &'static str,
         redactor: Redactor,
+        throttle: Option<Arc<Throttle>>,
     ) -> Result<Self, RemoteError> {
         if read_timeout.is_zero() || connect_timeout.is_zero() {
             return Err(RemoteError::invalid_input("a zero timeout", "give timeouts above zero"));
@@ -158,15 +162,29 @@ impl Transport {
             .map_err(|e| {
                 RemoteError::invalid_input(format!("cannot set up the HTTP client: {e}"), "report this bug")
             })?;
-        Ok(Transport { http, endpoint: endpoint.display(), read_timeout, endpoint_fix, redactor })
+        Ok(Transport { http, endpoint: endpoint.display(), read_timeout, endpoint_fix, redactor, throttle })
     }
 
     /// Start one attempt's body: a fresh stream for a file range (its digest lands in the slot), the bytes
     /// themselves otherwise.
+    /// Wait for `--bwlimit` credit for an in-memory body. Called before signing: a long wait must not age
+    /// the signature. (A file body is paced chunk by chunk as it streams.)
+    pub(crate) async fn pace_in_memory(&self, body: &Body) {
+        if let (Some(t), Body::Bytes(b)) = (&self.throttle, body) {
+            t.acquire(b.len() as u64).await;
+        }
+    }
+
     pub(crate) fn prepare_body(&self, body: &Body) -> PreparedBody {
         match body {
             Body::File(_) => {
                 let (stream, slot) = body.stream();
+                // Paced inside Watched: time spent waiting for credit counts as waiting on us, not as a
+                // server that stopped taking bytes.
+                let stream: ChunkStream = match &self.throttle {
+                    Some(t) => Box::pin(t.wrap(stream)),
+                    None => stream,
+                };
                 let progress = Progress::new(body.is_empty());
                 let watched = Watched { inner: stream, progress: progress.clone(), remaining: body.len() };
                 PreparedBody { body: reqwest::Body::wrap_stream(watched), slot: Some(slot), progress }

@@ -33,6 +33,7 @@ use crate::remote::oss::response::{self, Redactor, Reply};
 use crate::remote::oss::sign::{SignatureVersion, Signer, uri_encode};
 use crate::remote::oss::xml;
 use crate::remote::retry::RetryPolicy;
+use crate::remote::throttle::Throttle;
 use crate::remote::transport::{Clock, Progress, Transport, with_retries};
 use crate::remote::{
     Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
@@ -76,6 +77,8 @@ pub struct OssConfig {
     /// Whether this server is known to accept a Complete that leaves out uploaded parts (unconfirmed on
     /// OSS, so off by default; see OSS-PROTOCOL.md §9.4).
     pub complete_with_part_subset: bool,
+    /// `--bwlimit`: paces every request body; share one across the clients of a process.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl OssConfig {
@@ -91,6 +94,7 @@ impl OssConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             complete_with_part_subset: false,
+            throttle: None,
         }
     }
 }
@@ -362,7 +366,14 @@ impl OssClient {
             let token = c.session_token.as_ref().map(|t| t.expose().to_string());
             std::iter::once(c.access_key_secret.expose().to_string()).chain(token)
         }));
-        let transport = Transport::new(&endpoint, config.connect_timeout, config.read_timeout, ENDPOINT_FIX, redactor)?;
+        let transport = Transport::new(
+            &endpoint,
+            config.connect_timeout,
+            config.read_timeout,
+            ENDPOINT_FIX,
+            redactor,
+            config.throttle.clone(),
+        )?;
         Ok(OssClient {
             inner: Arc::new(Inner {
                 transport,
@@ -508,6 +519,7 @@ impl OssClient {
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
     async fn attempt(&self, call: &Call<'_>, url: &RequestUrl, attempt: u32) -> Result<Reply, RemoteError> {
         let op = call.op;
+        self.inner.transport.pace_in_memory(&call.body).await;
         let mut headers = call.headers.clone();
         let now = self.now();
         match &self.inner.credentials {

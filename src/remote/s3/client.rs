@@ -61,6 +61,7 @@ use crate::remote::oss::response::{self, Redactor, Reply};
 use crate::remote::retry::RetryPolicy;
 use crate::remote::s3::sign::{EMPTY_SHA256, Signer, UNSIGNED_PAYLOAD, uri_encode};
 use crate::remote::s3::xml;
+use crate::remote::throttle::Throttle;
 use crate::remote::transport::{Clock, Progress, Transport, with_retries};
 use crate::remote::{
     Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
@@ -138,6 +139,8 @@ pub struct S3Config {
     /// S3 documents that parts left out of Complete are discarded; SeaweedFS 4.48 does so. Unconfirmed for
     /// OSS's S3 API (the engine then restarts the upload if refused).
     pub complete_with_part_subset: bool,
+    /// `--bwlimit`: paces every request body; share one across the clients of a process.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl S3Config {
@@ -154,6 +157,7 @@ impl S3Config {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             complete_with_part_subset: true,
+            throttle: None,
         }
     }
 }
@@ -650,8 +654,14 @@ impl S3Client {
             let token = c.session_token.as_ref().map(|t| t.expose().to_string());
             std::iter::once(c.access_key_secret.expose().to_string()).chain(token)
         }));
-        let transport =
-            Transport::new(&endpoint, config.connect_timeout, config.read_timeout, S3_ENDPOINT_FIX, redactor)?;
+        let transport = Transport::new(
+            &endpoint,
+            config.connect_timeout,
+            config.read_timeout,
+            S3_ENDPOINT_FIX,
+            redactor,
+            config.throttle.clone(),
+        )?;
         let integrity = OnceCell::new();
         match config.integrity {
             IntegrityMode::Auto => {}
@@ -824,6 +834,7 @@ impl S3Client {
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
     async fn attempt(&self, call: &Call<'_>, url: &RequestUrl, attempt: u32) -> Result<Reply, RemoteError> {
         let op = call.op;
+        self.inner.transport.pace_in_memory(&call.body).await;
         let mut headers = call.headers.clone();
         let host = match url.url.port() {
             Some(port) => format!("{}:{port}", url.url.host_str().unwrap_or("")),
