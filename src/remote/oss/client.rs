@@ -602,7 +602,7 @@ impl OssClient {
                     return Err(reply.bad(format!(
                         "HTTP {} with an HTML page: {}",
                         status.as_u16(),
-                        response::snippet(&reply.body)
+                        reply.redactor.snippet(&reply.body)
                     )));
                 }
             }

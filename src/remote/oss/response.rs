@@ -45,6 +45,14 @@ impl Redactor {
         r
     }
 
+    /// A short one-line excerpt of `body` for an error message, with secrets removed *before* it is cut
+    /// (cutting first could leave the head of a secret that no longer matches in full).
+    pub fn snippet(&self, body: &[u8]) -> String {
+        // Twice what `snippet` reads, so a secret straddling its window is still whole here.
+        let head = &body[..body.len().min(SNIPPET_READ * 2)];
+        snippet(self.apply(String::from_utf8_lossy(head).into_owned()).as_bytes())
+    }
+
     pub fn apply(&self, text: String) -> String {
         let mut out = text;
         for secret in &self.0 {
@@ -87,7 +95,7 @@ impl Reply {
         match self.header(CRC64) {
             None => Ok(None),
             Some(v) => parse_crc64_header(v).map(Some).ok_or_else(|| {
-                self.bad(format!("{CRC64} header is not a decimal CRC-64: {:?}", snippet(v.as_bytes())))
+                self.bad(format!("{CRC64} header is not a decimal CRC-64: {:?}", self.redactor.snippet(v.as_bytes())))
             }),
         }
     }
@@ -95,7 +103,8 @@ impl Reply {
     /// Parse an XML body with `f`, mapping a parse failure to `BadResponse`.
     pub fn xml<T>(&self, f: impl FnOnce(&[u8]) -> Result<T, String>) -> Result<T, RemoteError> {
         f(&self.body).map_err(|why| {
-            self.bad(format!("HTTP {} with an unexpected body ({why}): {}", self.status.as_u16(), snippet(&self.body)))
+            let text = self.redactor.snippet(&self.body);
+            self.bad(format!("HTTP {} with an unexpected body ({why}): {text}", self.status.as_u16()))
         })
     }
 }
@@ -114,9 +123,13 @@ pub fn server_time(headers: &HeaderMap) -> Option<SystemTime> {
 }
 
 /// The start of a body, printable and on one line, for error messages.
+/// How many bytes of a body an excerpt looks at.
+const SNIPPET_READ: usize = 160 * 4;
+
+/// A short one-line excerpt of `body`. Text from a server goes through [`Redactor::snippet`] instead.
 pub fn snippet(body: &[u8]) -> String {
     const MAX: usize = 160;
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
+    let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET_READ)]);
     let mut out = String::with_capacity(MAX + 8);
     let mut last_space = true;
     for ch in text.chars() {
@@ -185,7 +198,7 @@ pub fn service_error(
             return from_doc(doc);
         }
         let retryable_status = status.is_server_error() || matches!(status.as_u16(), 408 | 429);
-        let text = scrub(snippet(body));
+        let text = redactor.snippet(body);
         if retryable_status {
             return ServiceError { message: format!("the server answered with a non-OSS error page: {text}"), ..base }
                 .into();
@@ -249,7 +262,9 @@ pub fn object_info(reply: &Reply, key: &str, size: u64) -> Result<ObjectInfo, Re
 /// The `Content-Length` header (reqwest reports a HEAD answer's length as 0, so read the header itself).
 pub fn content_length(reply: &Reply) -> Result<u64, RemoteError> {
     let value = reply.header("content-length").ok_or_else(|| reply.bad("no Content-Length header"))?;
-    value.parse().map_err(|_| reply.bad(format!("Content-Length is not a number: {:?}", snippet(value.as_bytes()))))
+    value.parse().map_err(|_| {
+        reply.bad(format!("Content-Length is not a number: {:?}", reply.redactor.snippet(value.as_bytes())))
+    })
 }
 
 #[cfg(test)]
@@ -346,6 +361,17 @@ mod tests {
         assert_eq!(s, "<html> <body> x y </body></html>");
         assert!(snippet(&[b'a'; 10_000]).chars().count() <= 161);
         assert_eq!(snippet(b" \n"), "(empty body)");
+    }
+
+    #[test]
+    fn a_secret_across_the_excerpt_edge_leaves_no_head_behind() {
+        let secret = "SECRETKEYSECRETKEYSECRETKEY";
+        let r = Redactor::new([secret.to_string()]);
+        for at in 140..170 {
+            let body = format!("{}{secret} tail", "x".repeat(at));
+            let s = r.snippet(body.as_bytes());
+            assert!(!s.contains("SECR"), "at {at}: {s}");
+        }
     }
 
     proptest::proptest! {

@@ -526,7 +526,7 @@ fn service_error(
             }
             .into();
         }
-        let text = redactor.apply(response::snippet(body));
+        let text = redactor.snippet(body);
         if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
             return ServiceError { message: format!("the server answered with a non-S3 error page: {text}"), ..base }
                 .into();
@@ -581,7 +581,8 @@ fn reply_crc64nvme(reply: &Reply) -> Result<Option<u64>, RemoteError> {
         // A composite checksum (`…-N`) is not a whole-object CRC: treat as absent.
         Some(v) if v.contains('-') => Ok(None),
         Some(v) => xml::crc64_from_base64(v).map(Some).ok_or_else(|| {
-            reply.bad(format!("{CHECKSUM_CRC64NVME} is not a Base64 CRC-64: {:?}", response::snippet(v.as_bytes())))
+            reply
+                .bad(format!("{CHECKSUM_CRC64NVME} is not a Base64 CRC-64: {:?}", reply.redactor.snippet(v.as_bytes())))
         }),
     }
 }
@@ -941,7 +942,7 @@ impl S3Client {
                     return Err(reply.bad(format!(
                         "HTTP {} with an HTML page: {}",
                         status.as_u16(),
-                        response::snippet(&reply.body)
+                        reply.redactor.snippet(&reply.body)
                     )));
                 }
             }
