@@ -8,7 +8,9 @@
 //! Removals wait until no upload is queued or running (rclone's `--delete-after`): a rename arrives as a
 //! removal of the old path and a sync of the new one, and the sync wants the old object as the source of a
 //! server-side copy; deleting it first would turn every rename into a re-upload, and would leave a window in
-//! which the remote holds neither name. Syncs waiting for a retry do not hold removals back.
+//! which the remote holds neither name. Syncs waiting for a retry do not hold removals back. And no sync
+//! starts while a removal runs: a removal decides from `stat` which objects are stale, and a file created
+//! under the removed path meanwhile must not have its fresh object deleted after that decision.
 //!
 //! The scheduler only orders work; what a job does lives in `actions`, and the agent loop drives
 //! [`Scheduler::next_ready`] / [`Scheduler::finish`].
@@ -30,6 +32,21 @@ pub enum Job {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sync,
+    Removal,
+}
+
+impl Kind {
+    fn of(job: &Job) -> Kind {
+        match job {
+            Job::Sync { .. } => Kind::Sync,
+            Job::Remove { .. } => Kind::Removal,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Queued,
     Running,
@@ -42,8 +59,8 @@ struct Entry {
     phase: Phase,
     /// A newer request arrived while running: run again afterwards.
     dirty: bool,
-    /// The running job is a sync (counted in `running_syncs`).
-    running_sync: bool,
+    /// What the running job is (counted in `running_syncs` / `running_removals`).
+    running_as: Option<Kind>,
     attempts: u32,
 }
 
@@ -65,6 +82,7 @@ pub struct Scheduler {
     /// Ready removals held back while a sync is queued or running.
     removals: VecDeque<String>,
     running_syncs: usize,
+    running_removals: usize,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
     running: usize,
     jobs: usize,
@@ -79,6 +97,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             removals: VecDeque::new(),
             running_syncs: 0,
+            running_removals: 0,
             waiting: BinaryHeap::new(),
             running: 0,
             jobs: jobs.max(1),
@@ -108,7 +127,7 @@ impl Scheduler {
             None => {
                 self.entries.insert(
                     key.clone(),
-                    Entry { job, phase: Phase::Queued, dirty: false, running_sync: false, attempts: 0 },
+                    Entry { job, phase: Phase::Queued, dirty: false, running_as: None, attempts: 0 },
                 );
                 self.ready.push_back(key);
                 true
@@ -143,7 +162,8 @@ impl Scheduler {
         if self.running >= self.jobs {
             return None;
         }
-        while let Some(key) = self.ready.pop_front() {
+        while self.running_removals == 0 {
+            let Some(key) = self.ready.pop_front() else { break };
             let Some(entry) = self.entries.get_mut(&key) else { continue };
             if entry.phase != Phase::Queued {
                 continue;
@@ -169,9 +189,13 @@ impl Scheduler {
         let entry = self.entries.get_mut(&key)?;
         entry.phase = Phase::Running;
         entry.dirty = false;
-        entry.running_sync = matches!(entry.job, Job::Sync { .. });
+        let kind = Kind::of(&entry.job);
+        entry.running_as = Some(kind);
         self.running += 1;
-        self.running_syncs += usize::from(entry.running_sync);
+        match kind {
+            Kind::Sync => self.running_syncs += 1,
+            Kind::Removal => self.running_removals += 1,
+        }
         let (job, attempts) = (entry.job.clone(), entry.attempts);
         Some((key, job, attempts))
     }
@@ -180,8 +204,10 @@ impl Scheduler {
     pub fn finish(&mut self, key: &str, how: Finish, now: Instant) -> Option<Instant> {
         self.running = self.running.saturating_sub(1);
         let entry = self.entries.get_mut(key)?;
-        if std::mem::take(&mut entry.running_sync) {
-            self.running_syncs = self.running_syncs.saturating_sub(1);
+        match entry.running_as.take() {
+            Some(Kind::Sync) => self.running_syncs = self.running_syncs.saturating_sub(1),
+            Some(Kind::Removal) => self.running_removals = self.running_removals.saturating_sub(1),
+            None => {}
         }
         if entry.dirty {
             // Something changed while it ran: run the latest request now, whatever this run's outcome.
@@ -332,6 +358,22 @@ mod tests {
         s.next_ready().unwrap();
         s.finish("failing", Finish::Retry, now);
         assert_eq!(s.next_ready().unwrap().0, "gone", "a sync waiting for its retry holds nothing back");
+    }
+
+    #[test]
+    fn no_sync_starts_while_a_removal_runs() {
+        let mut s = Scheduler::new(4, Duration::from_secs(60));
+        s.request("dir".into(), remove("dir"));
+        s.request("other".into(), remove("other"));
+        assert_eq!(s.next_ready().unwrap().0, "dir");
+        assert_eq!(s.next_ready().unwrap().0, "other", "removals may run together");
+        s.request("dir/new".into(), sync("dir/new"));
+        assert!(s.next_ready().is_none(), "a file created under a path being removed waits");
+        let now = Instant::now();
+        s.finish("dir", Finish::Done, now);
+        assert!(s.next_ready().is_none());
+        s.finish("other", Finish::Done, now);
+        assert_eq!(s.next_ready().unwrap().0, "dir/new");
     }
 
     #[test]
