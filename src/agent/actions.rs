@@ -89,7 +89,7 @@ pub struct JobError {
 }
 
 impl JobError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         JobError { message: message.into(), remote_kind: None }
     }
 }
@@ -162,7 +162,14 @@ impl Ctx {
             })
     }
 
+    /// Hash the file if it still has the snapshot `expected`. The hashes are recorded against that snapshot
+    /// (revalidate, copy, adopt), so first let its racy window pass: a write landing in the same timestamp
+    /// tick after our read would otherwise leave the snapshot unchanged and the record wrong forever.
     async fn hash(&self, rel: &Path, part_size: u64, expected: FileSnapshot) -> Result<Option<LocalHashes>, JobError> {
+        let racy = expected.racy_wait(SystemTime::now());
+        if !racy.is_zero() {
+            tokio::time::sleep(racy).await;
+        }
         let path = self.path_of(rel);
         let escaped = escape_path(rel);
         blocking(move || hash_file(&path, part_size, &expected))
@@ -408,7 +415,13 @@ impl Ctx {
         }
         let mut deleted = 0;
         if self.delete {
-            for batch in gone.chunks(1000) {
+            // Only a row whose MAC holds proves that we uploaded that key: a damaged (or edited) row may
+            // name any object, and is only forgotten.
+            let (valid, damaged): (Vec<_>, Vec<_>) = gone.iter().partition(|(_, valid)| *valid);
+            for (k, _) in &damaged {
+                tracing::warn!(key = %k, "index row is damaged: its object is not deleted, only forgotten");
+            }
+            for batch in valid.chunks(1000) {
                 let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
                 let failures = self.remote.delete_objects(&self.bucket, &keys).await?;
                 if let Some(f) = failures.first() {

@@ -20,7 +20,7 @@ pub mod reconcile;
 pub mod scheduler;
 pub mod setup;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -234,7 +234,9 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         watch,
         sched: Scheduler::new(1, MAX_RETRY_DELAY),
         jobs: JoinSet::new(),
+        job_tasks: HashMap::new(),
         scans: JoinSet::new(),
+        scan_tasks: HashMap::new(),
         scanning: HashSet::new(),
         initial_scan_done: false,
         failed: Vec::new(),
@@ -372,7 +374,11 @@ struct Loop {
     watch: Watch,
     sched: Scheduler,
     jobs: JoinSet<JobResult>,
+    /// What each job task works on, so that a task that panicked still finishes its entry.
+    job_tasks: HashMap<tokio::task::Id, (String, PathBuf)>,
     scans: JoinSet<()>,
+    /// The subtree each scan task covers, for the same reason.
+    scan_tasks: HashMap<tokio::task::Id, PathBuf>,
     /// Subtrees being scanned (a repeated request for one is dropped).
     scanning: HashSet<PathBuf>,
     initial_scan_done: bool,
@@ -407,11 +413,19 @@ impl Loop {
                     }
                 },
                 Some(request) = requests.recv() => self.on_request(request),
-                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
-                    Ok((key, rel, result)) => self.on_done(key, rel, result),
-                    Err(e) => tracing::error!(error = %e, "a job task failed"),
+                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => match done {
+                    Ok((id, (key, rel, result))) => {
+                        self.job_tasks.remove(&id);
+                        self.on_done(key, rel, result);
+                    }
+                    Err(e) => self.on_job_panic(e),
                 },
-                Some(_) = self.scans.join_next(), if !self.scans.is_empty() => {}
+                Some(done) = self.scans.join_next_with_id(), if !self.scans.is_empty() => match done {
+                    Ok((id, ())) => {
+                        self.scan_tasks.remove(&id);
+                    }
+                    Err(e) => self.on_scan_panic(e),
+                },
                 _ = sleep_until(next_due), if next_due.is_some() => self.sched.promote_due(Instant::now()),
                 _ = tick.tick() => self.on_tick(),
             }
@@ -433,7 +447,11 @@ impl Loop {
     fn dispatch(&mut self) {
         while let Some((key, job, _attempts)) = self.sched.next_ready() {
             let ctx = self.ctx.clone();
-            self.jobs.spawn(async move {
+            let rel = match &job {
+                Job::Sync { rel, .. } | Job::Remove { rel } => rel.clone(),
+            };
+            let task_key = key.clone();
+            let handle = self.jobs.spawn(async move {
                 match job {
                     Job::Sync { rel, renamed_from } => {
                         let result = ctx.sync(&rel, &key, renamed_from.as_deref()).await;
@@ -445,6 +463,32 @@ impl Loop {
                     }
                 }
             });
+            self.job_tasks.insert(handle.id(), (task_key, rel));
+        }
+    }
+
+    /// A job task panicked (a bug): its entry fails like any failed job, so it is retried with backoff and
+    /// neither blocks its key nor keeps `--once` waiting forever.
+    fn on_job_panic(&mut self, e: tokio::task::JoinError) {
+        match self.job_tasks.remove(&e.id()) {
+            Some((key, rel)) => {
+                tracing::error!(%key, error = %e, "a job task panicked; this is a bug, please report it");
+                self.on_done(key, rel, Err(actions::JobError::new(format!("internal error (job task panicked): {e}"))));
+            }
+            None => tracing::error!(error = %e, "an unknown job task failed"),
+        }
+    }
+
+    /// A scan task panicked: its subtree is no longer "being scanned" (the periodic rescan tries again).
+    /// No deletion was derived from it; a failed first scan fails `--once`.
+    fn on_scan_panic(&mut self, e: tokio::task::JoinError) {
+        tracing::error!(error = %e, "a scan task panicked; this is a bug, please report it");
+        if let Some(rel) = self.scan_tasks.remove(&e.id()) {
+            self.scanning.remove(&rel);
+            if rel.as_os_str().is_empty() && self.settings.once && !self.initial_scan_done {
+                self.failed.push("the first scan of the watched directory failed (internal error)".to_string());
+                self.initial_scan_done = true;
+            }
         }
     }
 
@@ -454,7 +498,9 @@ impl Loop {
         }
         let (ctx, scanner, settle, tx) =
             (self.ctx.clone(), self.watch.scanner().clone(), self.settings.settle, requests.clone());
-        self.scans.spawn(async move { reconcile::run(ctx, scanner, settle, rel, tx).await });
+        let subtree = rel.clone();
+        let handle = self.scans.spawn(async move { reconcile::run(ctx, scanner, settle, rel, tx).await });
+        self.scan_tasks.insert(handle.id(), subtree);
     }
 
     fn key_of(&mut self, rel: &Path) -> Option<String> {
