@@ -131,7 +131,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BUCKET")]
     pub bucket: Option<String>,
 
-    /// Key prefix for every object (e.g. backups/host1/).
+    /// Key prefix for every object, as a folder (`backups/host1` means `backups/host1/`).
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
 

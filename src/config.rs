@@ -373,7 +373,7 @@ impl AgentSettings {
         Ok(AgentSettings {
             watch,
             bucket,
-            prefix: flags.prefix.clone().or(file.prefix.clone()).unwrap_or_default(),
+            prefix: normalize_prefix(flags.prefix.as_deref().or(file.prefix.as_deref()).unwrap_or_default()),
             remote,
             state_db: flags.state_db.clone().or(file.state_db.clone()),
             delete: flags.delete || file.delete.unwrap_or(false),
@@ -418,8 +418,22 @@ pub fn state_dir(env: &dyn Env) -> PathBuf {
     PathBuf::from("/var/lib/ossmirror")
 }
 
+/// `--prefix` names a folder: `host1`, `host1/` and `/host1/` all mean the keys under `host1/`. (Taken
+/// literally, `host1` would also cover `host10/…`, another machine's objects, in deletions and sweeps.)
+pub fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_start_matches('/');
+    if trimmed.is_empty() || trimmed.ends_with('/') { trimmed.to_string() } else { format!("{trimmed}/") }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_prefix_is_a_folder() {
+        for (given, used) in [("", ""), ("/", ""), ("host1", "host1/"), ("host1/", "host1/"), ("/a/b", "a/b/")] {
+            assert_eq!(super::normalize_prefix(given), used, "{given:?}");
+        }
+    }
+
     use super::*;
     use crate::cli::Cli;
     use clap::Parser;

@@ -128,9 +128,9 @@ fn locate(args: &StatusArgs, env: &dyn Env) -> anyhow::Result<PathBuf> {
         ))
         .into());
     }
-    let prefix = args.prefix.as_deref().unwrap_or("");
+    let prefix = ossmirror::config::normalize_prefix(args.prefix.as_deref().unwrap_or(""));
     match (&args.watch, &args.bucket) {
-        (Some(watch), Some(bucket)) => derived_state_db(watch, bucket, prefix, env).map_err(|tried| {
+        (Some(watch), Some(bucket)) => derived_state_db(watch, bucket, &prefix, env).map_err(|tried| {
             let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
             UsageError(format!(
                 "no state database for --watch {} --bucket {bucket}{}: looked for {}. Has the agent run with exactly \

@@ -53,7 +53,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
     super::warn_secret_flag(&settings);
     ossmirror::remote::names::validate_bucket(&args.bucket).map_err(|e| UsageError(e.to_string()))?;
-    let prefix = args.prefix.clone().unwrap_or_default();
+    let prefix = ossmirror::config::normalize_prefix(args.prefix.as_deref().unwrap_or(""));
     let root =
         std::fs::canonicalize(&args.watch).map_err(|e| UsageError(format!("--watch {}: {e}", args.watch.display())))?;
     if !root.is_dir() {
