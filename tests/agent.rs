@@ -362,6 +362,25 @@ fn sigterm_mid_upload_exits_0_after_the_shutdown_timeout_and_resumes() {
 }
 
 #[test]
+fn a_kept_upload_of_a_file_excluded_since_is_aborted_at_start() {
+    let m = Mirror::new();
+    let size = (BIG_PARTS - 1) * PART_SIZE as u64 + 1000;
+    write(&m.root, "big.bin", &content("big", size as usize));
+    m.server.script(json!({"op": "UploadPart", "part_number": STUCK_PART, "delay": {"ms": 600_000}}));
+    let mut agent = m.agent().set("--threads", "1").start();
+    wait_until("the held part is being sent", || op(&m.stats(), "UploadPart").requests == STUCK_PART, || agent.log());
+    agent.kill();
+    assert_eq!(m.bucket.uploads().len(), 1, "the unfinished upload is on the server");
+
+    write(&m.root, "small.txt", b"still mirrored");
+    let agent = m.agent().args(["--exclude", "*.bin", "--once"]).start();
+    wait_until("the excluded file's upload is aborted", || m.bucket.uploads().is_empty(), || agent.log());
+    wait_until("the rest is mirrored", || m.bucket.listing().contains_key("small.txt"), || agent.log());
+    assert!(!m.bucket.listing().contains_key("big.bin"), "{}", agent.log());
+    assert!(log_line(&agent, "aborted multipart upload").contains("excluded"), "{}", agent.log());
+}
+
+#[test]
 fn a_file_modified_mid_upload_resends_only_the_changed_part() {
     use std::os::unix::fs::FileExt as _;
     let m = Mirror::new();

@@ -36,7 +36,7 @@ use crate::config::{AgentSettings, ConfigError, ProcessEnv};
 use crate::engine::{Engine, EngineConfig, EngineStats};
 use crate::remote::{ErrorKind, Remote, RemoteError};
 use crate::state::{StateDb, StateError};
-use crate::watch::{FilterConfig, Watch, WatchConfig, WatchError, WatchEvent, escape_path, object_key};
+use crate::watch::{Filter, FilterConfig, Watch, WatchConfig, WatchError, WatchEvent, escape_path, object_key};
 use actions::{Ctx, INVALID_NAME_BUCKET, JobError, Outcome};
 use metrics::Metrics;
 use reconcile::Request;
@@ -155,9 +155,14 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         Some(has) => has,
         None => return Ok(RunReport::default()),
     };
-    let recovery =
-        setup::recover(&state, &open_report, &*remote, &root, &settings.bucket, &settings.prefix, settings.orphan_age)
-            .await?;
+    let mut own_paths = vec![state_path.clone()];
+    own_paths.extend(embedded.as_ref().map(|e| e.root.clone()));
+    let filter_config =
+        FilterConfig { excludes: settings.exclude.clone(), default_ignores: settings.default_excludes, own_paths };
+    // The same rules the watcher applies: a kept checkpoint of a file excluded since would never resume.
+    let filter = Filter::new(&root, &filter_config).map_err(|e| watch_error(&root, WatchError::from(e)))?;
+    let scope = setup::Scope { root: &root, bucket: &settings.bucket, prefix: &settings.prefix, filter: &filter };
+    let recovery = setup::recover(&state, &open_report, &*remote, &scope, settings.orphan_age).await?;
     tracing::info!(
         kept = recovery.kept,
         aborted = recovery.aborted_abandoned,
@@ -213,14 +218,8 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
     }
 
-    let mut own_paths = vec![state_path.clone()];
-    own_paths.extend(embedded.as_ref().map(|e| e.root.clone()));
     let watch_config = WatchConfig {
-        filter: FilterConfig {
-            excludes: settings.exclude.clone(),
-            default_ignores: settings.default_excludes,
-            own_paths,
-        },
+        filter: filter_config,
         follow_symlinks: settings.follow_symlinks,
         settle: settings.settle,
         rescan_interval: settings.rescan_interval,

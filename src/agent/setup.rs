@@ -16,6 +16,7 @@ use crate::remote::oss::{OssClient, OssConfig};
 use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, Throttle, list_all_uploads};
 use crate::server::{RunningServer, Server, ServerConfig};
 use crate::state::{Checkpoint, OpenReport, StateDb};
+use crate::watch::Filter;
 
 use super::AgentError;
 
@@ -132,15 +133,30 @@ pub struct Recovery {
 
 /// Resume-or-abort every checkpoint, abort uploads salvaged from a damaged database, and abort unknown
 /// uploads under the prefix older than `orphan_age`.
+/// What this agent mirrors: checkpoints and uploads outside it are not its to keep.
+pub struct Scope<'a> {
+    pub root: &'a Path,
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    pub filter: &'a Filter,
+}
+
+impl Scope<'_> {
+    /// Whether a checkpoint of `local_path` → `bucket`/`key` is one this agent would still upload.
+    fn covers(&self, bucket: &str, key: &str, local_path: &Path) -> bool {
+        ours(self.bucket, self.prefix, bucket, key)
+            && local_path.strip_prefix(self.root).is_ok_and(|rel| !self.filter.excludes_path(rel, false))
+    }
+}
+
 pub async fn recover(
     state: &StateDb,
     report: &OpenReport,
     remote: &dyn Remote,
-    root: &Path,
-    bucket: &str,
-    prefix: &str,
+    scope: &Scope<'_>,
     orphan_age: Duration,
 ) -> Result<Recovery, AgentError> {
+    let (bucket, prefix) = (scope.bucket, scope.prefix);
     let mut recovery = Recovery::default();
     let abort = |b: String, k: String, u: String, why: &'static str| async move {
         match remote.abort_multipart(&b, &k, &u).await {
@@ -168,13 +184,17 @@ pub async fn recover(
     for checkpoint in state.list_checkpoints()? {
         match checkpoint {
             Checkpoint::Valid { upload, .. } => {
-                let in_scope = ours(bucket, prefix, &upload.bucket, &upload.key) && upload.local_path.starts_with(root);
+                let in_scope = scope.covers(&upload.bucket, &upload.key, &upload.local_path);
                 if in_scope && upload.local_path.is_file() {
                     known.insert(upload.upload_id.clone());
                     recovery.kept += 1;
                     continue;
                 }
-                let why = if in_scope { "its file is gone" } else { "it is outside the watched directory or prefix" };
+                let why = if in_scope {
+                    "its file is gone"
+                } else {
+                    "it is outside the watched directory or prefix, or excluded"
+                };
                 if abort(upload.bucket.clone(), upload.key.clone(), upload.upload_id.clone(), why).await {
                     recovery.aborted_abandoned += 1;
                 }
