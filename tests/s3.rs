@@ -838,3 +838,77 @@ fn cp_uploads_over_s3_end_to_end() {
     assert!(stderr.contains("SignatureDoesNotMatch"), "{stderr}");
     assert!(!stderr.contains("definitely-wrong-secret"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The agent (`ossmirror --watch … --protocol s3 --once`) as a process
+
+/// Every object under `bucket` with its content, read back through rclone (not through our client).
+fn remote_tree(sw: &Seaweed, bucket: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let listing = String::from_utf8(sw.rclone_ok(&["lsf", "-R", "--files-only", &format!("sw:{bucket}")])).unwrap();
+    listing.lines().map(|key| (key.to_string(), rclone_cat(sw, bucket, key))).collect()
+}
+
+#[test]
+fn the_agent_mirrors_renames_and_deletes_over_s3() {
+    let sw = seaweed::shared();
+    let bucket = sw.unique_bucket("agent");
+    sw.rclone_ok(&["mkdir", &format!("sw:{bucket}")]);
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    std::fs::create_dir_all(root.join("docs/deep")).unwrap();
+    let big = data((2 * PART + 4321) as usize, 21);
+    file_with(root, "big.bin", &big);
+    for i in 0..20u64 {
+        file_with(&root.join("docs"), &format!("note {i}.txt"), &data(100 + i as usize * 37, i));
+    }
+    file_with(&root.join("docs/deep"), "ünïcode + & %.txt", b"odd names work too");
+    file_with(root, "empty", b"");
+    let (ak, sk) = sw.credentials();
+    let run = || {
+        let out = Command::new(common::binary())
+            .args(["--watch"])
+            .arg(root)
+            .args(["--bucket", &bucket, "--protocol", "s3", "--once", "--delete", "--settle", "100ms"])
+            .args(["--part-size", "5M", "--log-format", "json"])
+            .arg("--state-db")
+            .arg(state.path().join("agent.db"))
+            .env("AWS_ACCESS_KEY_ID", ak)
+            .env("AWS_SECRET_ACCESS_KEY", sk)
+            .env("AWS_ENDPOINT_URL", sw.endpoint())
+            .env_remove("OSS_ENDPOINT")
+            .output()
+            .expect("run the agent");
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the agent failed:\n{log}");
+        assert!(!log.contains(sk), "the secret never shows");
+        log
+    };
+    let local = |root: &Path| -> std::collections::BTreeMap<String, Vec<u8>> {
+        walkdir::WalkDir::new(root)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let rel = e.path().strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                (rel, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    };
+
+    let log = run();
+    assert!(log.contains("\"uploaded"), "the first run uploads:\n{log}");
+    assert_eq!(remote_tree(sw, &bucket), local(root), "the first run mirrors the tree");
+
+    std::fs::rename(root.join("docs"), root.join("papers")).unwrap();
+    std::fs::remove_file(root.join("empty")).unwrap();
+    file_with(root, "big.bin", &data((PART + 99) as usize, 22));
+    let log = run();
+    assert_eq!(remote_tree(sw, &bucket), local(root), "renames, deletions and a rewrite are mirrored");
+    assert!(log.contains("copied server-side instead of uploading"), "renamed files are copied server-side:\n{log}");
+    assert!(!log.contains("server-side copy did not work out"), "{log}");
+
+    let log = run();
+    assert!(!log.contains("\"uploaded"), "a third run has nothing to upload:\n{log}");
+    assert_eq!(remote_tree(sw, &bucket), local(root));
+}
