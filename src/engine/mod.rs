@@ -347,6 +347,8 @@ impl Engine {
     ) -> Result<UploadOutcome, EngineError> {
         let inner = &self.inner;
         let max_passes = inner.config.max_passes;
+        // Every pass's PUT counts: a file that changed after it was sent cost its bytes all the same.
+        let (mut puts, mut sent_total) = (0u64, 0u64);
         for pass in 1..=max_passes {
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled { path: spec.path.clone(), kept: true });
@@ -377,6 +379,8 @@ impl Engine {
             let put = put.map_err(|source| EngineError::Remote { key: spec.key.clone(), source })?;
             EngineStats::add(&inner.stats.puts, 1);
             EngineStats::add(&inner.stats.bytes_sent, sent);
+            puts += 1;
+            sent_total += sent;
             // The object now holds exactly the version read under `snapshot`. It is the current version
             // only if the file has not moved on since.
             if !io::unchanged_since(&spec.path, &mut opened, snapshot).await? {
@@ -391,9 +395,9 @@ impl Engine {
                 part_size: snapshot.size.max(1),
                 part_blake3: vec![put.digest.blake3],
                 resumed: false,
-                parts_sent: 1,
+                parts_sent: puts,
                 parts_reused: 0,
-                bytes_sent: sent,
+                bytes_sent: sent_total,
                 passes: pass,
             };
             inner.state.complete(None, &synced_record(spec, &outcome))?;
