@@ -8,6 +8,11 @@
 //!
 //! The SIMD implementation comes from `crc-fast` (tens of GB/s on x86_64 and aarch64), so hashing is never
 //! the bottleneck of an upload.
+//!
+//! Combining is done here rather than by `crc-fast`, whose combine took 50-100 µs a call in profiles (2-3%
+//! of a 1 GiB upload, which folds every part's CRC at Complete). For a reflected CRC whose init equals its
+//! xorout, `crc(a‖b) = crc(a)·x^(8·|b|) mod P ⊕ crc(b)` in GF(2)[x]: one power by repeated squaring and
+//! one product, a few thousand bit operations.
 
 use crc_fast::{CrcAlgorithm, Digest};
 
@@ -48,12 +53,54 @@ pub fn crc64(data: &[u8]) -> u64 {
     crc_fast::checksum(CrcAlgorithm::Crc64Xz, data)
 }
 
-/// CRC-64/XZ of `a‖b`, given `crc64(a)`, `crc64(b)` and the length of `b`.
-pub fn crc64_combine(crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
+/// CRC-64/XZ (ECMA-182) polynomial, normal form; the reflected CRC uses its bit reversal.
+const POLY_XZ: u64 = 0x42F0_E1EB_A9EA_3693;
+/// CRC-64/NVME polynomial, normal form.
+const POLY_NVME: u64 = 0xAD93_D235_94C9_3659;
+
+/// `a·b mod P` for polynomials in reflected form (bit 63 is x^0, bit 0 is x^63); `poly` is P reflected,
+/// without its x^64 term.
+fn gf2_mul_mod(a: u64, mut b: u64, poly: u64) -> u64 {
+    let mut product = 0;
+    let mut bit = 1u64 << 63;
+    while bit != 0 {
+        if a & bit != 0 {
+            product ^= b;
+        }
+        // b·x: one step towards x^63, reduced by P when it overflows.
+        b = if b & 1 != 0 { (b >> 1) ^ poly } else { b >> 1 };
+        bit >>= 1;
+    }
+    product
+}
+
+/// `x^(8·len) mod P` (reflected), by repeated squaring of x^8.
+fn shift_operator(len: u64, poly: u64) -> u64 {
+    let mut result = 1u64 << 63; // x^0
+    let mut square = 1u64 << (63 - 8); // x^8, then x^16, x^32, …
+    let mut n = len;
+    while n != 0 {
+        if n & 1 != 0 {
+            result = gf2_mul_mod(square, result, poly);
+        }
+        square = gf2_mul_mod(square, square, poly);
+        n >>= 1;
+    }
+    result
+}
+
+/// `crc(a‖b)` for a reflected CRC-64 whose init equals its xorout (both variants here).
+fn combine(normal_poly: u64, crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
     if len_b == 0 {
         return crc_a;
     }
-    crc_fast::checksum_combine(CrcAlgorithm::Crc64Xz, crc_a, crc_b, len_b)
+    let poly = normal_poly.reverse_bits();
+    gf2_mul_mod(shift_operator(len_b, poly), crc_a, poly) ^ crc_b
+}
+
+/// CRC-64/XZ of `a‖b`, given `crc64(a)`, `crc64(b)` and the length of `b`.
+pub fn crc64_combine(crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
+    combine(POLY_XZ, crc_a, crc_b, len_b)
 }
 
 /// Whole-object CRC-64 folded from `(crc, len)` of consecutive pieces, in order.
@@ -94,10 +141,7 @@ pub fn crc64nvme(data: &[u8]) -> u64 {
 
 /// CRC-64/NVME of `a‖b` from the CRCs of `a` and `b` and the length of `b`.
 pub fn crc64nvme_combine(crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
-    if len_b == 0 {
-        return crc_a;
-    }
-    crc_fast::checksum_combine(CrcAlgorithm::Crc64Nvme, crc_a, crc_b, len_b)
+    combine(POLY_NVME, crc_a, crc_b, len_b)
 }
 
 /// Whole-object CRC-64/NVME folded from `(crc, len)` of consecutive pieces.
@@ -172,6 +216,21 @@ mod tests {
         assert_eq!(crc64nvme_fold(pieces), crc64nvme(&data));
     }
 
+    // The combine here against crc-fast's (an independent implementation), for both variants, over lengths
+    // from 1 byte to beyond 4 GiB (the operator's powers of x^8 go well past 2^32).
+    #[test]
+    fn combine_agrees_with_crc_fast() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for len_b in [1u64, 2, 7, 8, 255, 4096, 8 << 20, (8 << 20) + 3, 5 << 30, u64::from(u32::MAX) + 17] {
+            let (a, b) = (rng.u64(..), rng.u64(..));
+            assert_eq!(crc64_combine(a, b, len_b), crc_fast::checksum_combine(CrcAlgorithm::Crc64Xz, a, b, len_b));
+            assert_eq!(
+                crc64nvme_combine(a, b, len_b),
+                crc_fast::checksum_combine(CrcAlgorithm::Crc64Nvme, a, b, len_b)
+            );
+        }
+    }
+
     #[test]
     fn header_parse() {
         assert_eq!(parse_crc64_header(" 11051210869376104954 "), Some(0x995D_C9BB_DF19_39FA));
@@ -186,6 +245,7 @@ mod tests {
             let mut ab = a.clone();
             ab.extend_from_slice(&b);
             proptest::prop_assert_eq!(crc64_combine(crc64(&a), crc64(&b), b.len() as u64), crc64(&ab));
+            proptest::prop_assert_eq!(crc64nvme_combine(crc64nvme(&a), crc64nvme(&b), b.len() as u64), crc64nvme(&ab));
         }
     }
 }

@@ -5,6 +5,12 @@
 //! CRC-64/XZ and BLAKE3 as it goes. When the attempt ends, [`DigestSlot::take`] yields the digest of what was
 //! sent, or the local read error that cut the body short (for example the file shrank mid-read). Each retry
 //! builds a fresh stream, so what is verified is always what was sent on that attempt.
+//!
+//! Full-size chunk buffers are recycled: the `Bytes` handed to the HTTP stack owns a [`PooledChunk`] that
+//! returns its buffer to a small process-wide pool when the stack drops it (after the bytes were written to
+//! the socket). A recycled buffer is filled completely by the read before it is hashed and sent, so stale
+//! contents never leave; what this saves is a fresh 256 KiB allocation per chunk (zeroing and page faults,
+//! about a tenth of `cp`'s CPU in profiles).
 
 use std::fs::File;
 use std::io;
@@ -20,6 +26,54 @@ use crate::checksum::{Blake3, Crc64, Crc64Nvme};
 const CHUNK: usize = 256 * 1024;
 /// Chunks buffered between the reader thread and the socket: bounds memory per part in flight.
 const CHANNEL_DEPTH: usize = 4;
+/// Idle chunk buffers kept for reuse (at most 16 MiB). A part in flight holds about CHANNEL_DEPTH + 2 chunks
+/// (queued, being written, being read), so this covers 4 parts at a time with room to spare; buffers beyond
+/// it are freed as before.
+const POOL_MAX: usize = 64;
+
+/// Idle full-size chunk buffers, each of length and capacity [`CHUNK`].
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A full-size chunk buffer, from the pool when one is idle. Its contents are stale: the caller overwrites
+/// all of it before use.
+fn take_chunk() -> Vec<u8> {
+    let recycled = POOL.lock().ok().and_then(|mut pool| pool.pop());
+    recycled.unwrap_or_else(|| vec![0u8; CHUNK])
+}
+
+/// Owner of a chunk's bytes while the HTTP stack holds them; gives the buffer back to the pool on drop.
+struct PooledChunk(Vec<u8>);
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.len() != CHUNK || buf.capacity() != CHUNK {
+            return;
+        }
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// The buffer for the next `want` bytes: a pooled full-size one, or an exact allocation for a short chunk
+/// (small files and the tail of a range), which is cheap and would waste a full buffer.
+fn chunk_buffer(want: usize) -> Vec<u8> {
+    if want == CHUNK { take_chunk() } else { vec![0u8; want] }
+}
+
+/// The bytes of a filled buffer, returning it to the pool when the HTTP stack is done with them.
+fn into_bytes(buf: Vec<u8>) -> Bytes {
+    if buf.len() == CHUNK { Bytes::from_owner(PooledChunk(buf)) } else { Bytes::from(buf) }
+}
 
 /// A byte range of an open file.
 #[derive(Debug, Clone)]
@@ -146,7 +200,7 @@ fn file_stream(range: FileRange, slot: DigestSlot) -> ChunkStream {
         let end = range.offset + range.len;
         while pos < end {
             let want = CHUNK.min((end - pos) as usize);
-            let mut buf = vec![0u8; want];
+            let mut buf = chunk_buffer(want);
             let mut filled = 0;
             while filled < want {
                 match range.file.read_at(&mut buf[filled..], pos + filled as u64) {
@@ -181,7 +235,7 @@ fn file_stream(range: FileRange, slot: DigestSlot) -> ChunkStream {
                     blake3: *b3.finalize().as_bytes(),
                 }));
             }
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            if tx.blocking_send(Ok(into_bytes(buf))).is_err() {
                 // The request was dropped (error or cancellation); the slot stays Pending unless the
                 // whole body had already been produced.
                 return;
@@ -228,6 +282,26 @@ mod tests {
         let (bytes, digest) = collect(&body).await;
         assert_eq!(bytes, &data[1000..601_000]);
         assert_eq!(digest.unwrap().unwrap(), BodyDigest::of(&data[1000..601_000]));
+    }
+
+    // Recycled buffers hold the previous chunk's bytes: every chunk sent must still be exactly the file's,
+    // across ranges that reuse each other's buffers, with a partial chunk at the end.
+    #[tokio::test]
+    async fn recycled_buffers_carry_only_this_range() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> =
+            (0..(3 * CHUNK + 12_345) as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        f.write_all(&data).unwrap();
+        let file = Arc::new(f);
+        for (offset, len) in [(0, data.len()), (7, 2 * CHUNK), (CHUNK + 1, CHUNK + 12_000), (0, data.len())] {
+            let body = Body::File(FileRange { file: file.clone(), offset: offset as u64, len: len as u64 });
+            let (bytes, digest) = collect(&body).await;
+            assert_eq!(bytes, &data[offset..offset + len]);
+            assert_eq!(digest.unwrap().unwrap(), BodyDigest::of(&data[offset..offset + len]));
+        }
+        let pooled = POOL.lock().unwrap();
+        assert!(pooled.len() <= POOL_MAX);
+        assert!(pooled.iter().all(|b| b.len() == CHUNK && b.capacity() == CHUNK));
     }
 
     #[tokio::test]
