@@ -15,7 +15,7 @@ use crate::config::{AgentSettings, Env, state_dir};
 use crate::remote::oss::{OssClient, OssConfig};
 use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, Throttle, list_all_uploads};
 use crate::server::{RunningServer, Server, ServerConfig};
-use crate::state::{Checkpoint, OpenReport, StateDb};
+use crate::state::{Checkpoint, OpenReport, StateDb, UploadRowId};
 
 use super::AgentError;
 
@@ -182,9 +182,13 @@ pub async fn recover(
             }
             Checkpoint::Damaged { id, bucket: b, key: k, upload_id: u, reason } => {
                 tracing::warn!(checkpoint = id.0, %reason, "damaged checkpoint: not trusted");
-                if let (Some(b), Some(k), Some(u)) = (b, k, u) {
-                    if ours(bucket, prefix, &b, &k) && abort(b, k, u, "its checkpoint was damaged").await {
-                        recovery.aborted_abandoned += 1;
+                if let (Some(b), Some(k)) = (b, k)
+                    && ours(bucket, prefix, &b, &k)
+                {
+                    for u in damaged_checkpoint_uploads(state, remote, id, &b, &k, u).await {
+                        if abort(b.clone(), k.clone(), u, "its checkpoint was damaged").await {
+                            recovery.aborted_abandoned += 1;
+                        }
                     }
                 }
                 state.delete_upload(id)?;
@@ -218,4 +222,32 @@ pub async fn recover(
         Err(e) => tracing::warn!(error = %e, "could not list unfinished uploads; orphan cleanup skipped this time"),
     }
     Ok(recovery)
+}
+
+/// The server-side uploads a damaged checkpoint stands for. The stored upload id may be the damage itself
+/// (aborting a made-up id "succeeds" and would leave the real upload behind), so it is used only if the
+/// checkpoint's MACs confirm it; otherwise the uploads of this key that the MACs confirm; and only when
+/// nothing can be confirmed, the stored id, best effort.
+async fn damaged_checkpoint_uploads(
+    state: &StateDb,
+    remote: &dyn Remote,
+    row: UploadRowId,
+    bucket: &str,
+    key: &str,
+    stored: Option<String>,
+) -> Vec<String> {
+    let confirms = |upload_id: &str| state.checkpoint_confirms_upload_id(row, upload_id).unwrap_or(false);
+    if let Some(u) = stored.as_deref().filter(|u| confirms(u)) {
+        return vec![u.to_string()];
+    }
+    let confirmed: Vec<String> = match list_all_uploads(remote, bucket, Some(key)).await {
+        Ok(listed) => {
+            listed.into_iter().filter(|u| u.key == key && confirms(&u.upload_id)).map(|u| u.upload_id).collect()
+        }
+        Err(e) => {
+            tracing::warn!(%bucket, %key, error = %e, "could not list uploads to find a damaged checkpoint's upload");
+            Vec::new()
+        }
+    };
+    if confirmed.is_empty() { stored.into_iter().collect() } else { confirmed }
 }
