@@ -11,8 +11,8 @@ mod common;
 
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, Mirror, PART_SIZE, Tree, local_tree, op, wait_until, write};
@@ -268,7 +268,9 @@ fn injected_faults_converge_with_bounded_retries_and_no_spinning() {
 
     // Random errors, resets and latency together.
     m.server.reset_stats();
-    m.server.set_faults(json!({"error_rate": 0.15, "reset_rate": 0.1, "reset_after": 30_000, "latency_ms": 150, "seed": rng.u64(..)}));
+    m.server.set_faults(
+        json!({"error_rate": 0.15, "reset_rate": 0.1, "reset_after": 30_000, "latency_ms": 150, "seed": rng.u64(..)}),
+    );
     add_files(&m, "random", &mut rng);
     f.secs("random_faults_seconds_to_converge", converge(&m, &agent));
     let stats = m.stats();
@@ -577,7 +579,8 @@ fn damaged_state_is_reported_and_recovered_by_reverification() {
 
     // Each damage, then a local change to one file: the restarted agent says what happened, re-verifies
     // (adopts the unchanged files by CRC-64, uploads nothing else) and uploads exactly the changed file.
-    let damages: [(&str, &dyn Fn(&Path)); 4] = [
+    type Damage<'a> = (&'a str, &'a dyn Fn(&Path));
+    let damages: [Damage; 4] = [
         ("deleted", &|db| sidecars(db).iter().for_each(|p| drop(std::fs::remove_file(p)))),
         ("truncated", &|db| {
             fold_wal(db);
@@ -812,7 +815,9 @@ fn hostile_names_are_mirrored_literally_or_reported_by_name() {
             ("tab\\there.txt", "control"),
             ("\\\\leading-backslash.txt", "start"),
         ] {
-            let line = log.lines().find(|l| l.contains("cannot be uploaded under its name") && l.contains(&name[..name.len().min(40)]));
+            let line = log
+                .lines()
+                .find(|l| l.contains("cannot be uploaded under its name") && l.contains(&name[..name.len().min(40)]));
             assert!(line.is_some_and(|l| l.to_lowercase().contains(why)), "{name:?} is reported ({why}):\n{log}");
         }
         assert_eq!(status.code(), Some(1), "{log}");
@@ -863,7 +868,8 @@ fn remote_misconfigurations_fail_clearly_under_once() {
     };
 
     // A bucket that does not exist.
-    let (agent, status) = m.agent().env("OSS_SESSION_TOKEN", "sts-token-value").set("--bucket", "no-such-bucket").arg("--once").run();
+    let (agent, status) =
+        m.agent().env("OSS_SESSION_TOKEN", "sts-token-value").set("--bucket", "no-such-bucket").arg("--once").run();
     assert_eq!(status.code(), Some(1), "{}", agent.log());
     assert!(error_line(&agent).contains("NoSuchBucket"), "{}", agent.log());
 
@@ -879,8 +885,12 @@ fn remote_misconfigurations_fail_clearly_under_once() {
     // An endpoint that answers HTML, as a 200 and as an error page: a clear error, no crash, no upload.
     for status_code in [200, 403, 502] {
         let addr = html_endpoint(status_code);
-        let (agent, status) =
-            m.agent().set("--endpoint", format!("http://{addr}")).set("--state-db", m.tmp.path().join(format!("html{status_code}.db"))).arg("--once").run();
+        let (agent, status) = m
+            .agent()
+            .set("--endpoint", format!("http://{addr}"))
+            .set("--state-db", m.tmp.path().join(format!("html{status_code}.db")))
+            .arg("--once")
+            .run();
         let line = error_line(&agent);
         assert_eq!(status.code(), Some(1), "HTML {status_code}: {}", agent.log());
         assert!(!line.is_empty() && !agent.log().contains("panicked"), "HTML {status_code}: {}", agent.log());
@@ -891,22 +901,26 @@ fn remote_misconfigurations_fail_clearly_under_once() {
 #[test]
 fn a_state_database_on_a_full_disk_is_reported_and_nothing_is_lost() {
     let m = Mirror::new();
-    for i in 0..300 {
+    for i in 0..1500 {
         write(&m.root, &format!("d{}/file-with-a-long-name-{i:04}.txt", i % 7), format!("content {i}").as_bytes());
     }
     let state_dir = m.state_db.parent().unwrap().to_path_buf();
     std::fs::create_dir_all(&state_dir).unwrap();
-    // The state directory is a 64 KiB tmpfs in a private mount namespace: the index fills it.
-    let wrapper = [
-        "unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c",
-        "mount -t tmpfs -o size=64k tmpfs \"$0\" && exec \"$@\"",
-    ];
-    let agent = m.agent().wrapped(wrapper.iter().copied().chain([state_dir.to_str().unwrap()])).arg("--once");
-    let (agent, status) = agent.run();
-    let log = agent.log();
-    assert_ne!(status.code(), Some(0), "a run that cannot record its work does not claim success:\n{log}");
-    assert!(log.to_lowercase().contains("full"), "the full disk is named:\n{log}");
-    assert!(!log.contains("panicked"), "{log}");
+    // The state directory is a small tmpfs in a private mount namespace: 64 KiB is full before the database
+    // is open (SQLite then says only "disk I/O error"), 160 KiB fills up while the index grows.
+    for size in ["64k", "160k"] {
+        let script = format!("mount -t tmpfs -o size={size} tmpfs \"$0\" && exec \"$@\"");
+        let wrapper =
+            ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", &script];
+        let agent = m.agent().wrapped(wrapper.iter().copied().chain([state_dir.to_str().unwrap()])).arg("--once");
+        let (agent, status) = agent.run();
+        let log = agent.log();
+        assert_ne!(status.code(), Some(0), "{size}: a run that cannot record its work does not claim success:\n{log}");
+        assert!(log.to_lowercase().contains("full"), "{size}: the full disk is named:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        let said: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("full")).take(2).collect();
+        eprintln!("observed with a {size} state file system (exit {status}):\n{}", said.join("\n"));
+    }
     // With room again, the run converges (objects already uploaded are adopted, not uploaded again).
     once_ok(&m, m.agent().arg("--once"));
     assert!(m.bucket.uploads().is_empty());
@@ -973,4 +987,29 @@ fn tls_certificates_are_verified_by_default() {
     assert_eq!(status.code(), Some(1), "{}", agent.log());
     let log = agent.log().to_lowercase();
     assert!(log.contains("certificate"), "a self-signed certificate is refused, and said so:\n{log}");
+}
+
+#[test]
+fn a_kill_before_the_checkpoint_is_written_leaves_no_upload_behind() {
+    let m = Mirror::new();
+    write(&m.root, "a.bin", &vec![1u8; 3 * PART_SIZE]);
+    let mut agent = m.agent().start();
+    m.wait_mirrored(&agent);
+    agent.kill();
+    // Killed after the server created an upload the agent never recorded: every InitiateMultipartUpload
+    // acts but its answer is lost, and the agent is SIGKILLed while it retries.
+    write(&m.root, "b.bin", &vec![2u8; 3 * PART_SIZE]);
+    m.server.script(json!({"op": "InitiateMultipartUpload", "times": 1000,
+        "error": {"status": 503, "code": "ServiceUnavailable", "message": "lost answer", "after": true}}));
+    let mut agent = agent.start();
+    wait_until("initiates were lost", || op(&m.stats(), "InitiateMultipartUpload").requests >= 4, || agent.log());
+    agent.kill();
+    m.server.control("DELETE", "script", None);
+    let agent = agent.start();
+    m.wait_mirrored(&agent);
+    wait_until(
+        "no unfinished upload is left",
+        || m.bucket.uploads().is_empty(),
+        || format!("{:?}\n{}", m.bucket.uploads(), agent.all_logs()),
+    );
 }

@@ -65,7 +65,15 @@ impl Agent {
     /// An agent with no arguments yet; logs go to `log_dir`. Inherits no `OSS_*`/`AWS_*` variables.
     pub fn new(log_dir: &Path) -> Agent {
         let log_dir = log_dir.to_path_buf();
-        Agent { args: Vec::new(), env: Vec::new(), log_dir, id: fastrand::u32(..), runs: 0, child: None, wrapper: Vec::new() }
+        Agent {
+            args: Vec::new(),
+            env: Vec::new(),
+            log_dir,
+            id: fastrand::u32(..),
+            runs: 0,
+            child: None,
+            wrapper: Vec::new(),
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Agent {

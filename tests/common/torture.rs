@@ -260,7 +260,8 @@ impl Figures {
         eprintln!("FIGURES {line}");
         if let Some(path) = std::env::var_os("OSSMIRROR_TORTURE_FIGURES") {
             use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the figures file");
+            let mut f =
+                std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the figures file");
             writeln!(f, "{line}").expect("write figures");
         }
     }
