@@ -195,6 +195,20 @@ pub async fn recover(
             }
         }
     }
+    // Keys a run of this agent was uploading when it died (its claim outlived it). A kill between
+    // InitiateMultipartUpload's answer and the checkpoint write leaves an upload no checkpoint knows: it is
+    // ours if it was initiated after that claim was taken (15 minutes of slack for clock skew).
+    let died_uploading: std::collections::HashMap<String, SystemTime> = match state.list_in_flight() {
+        Ok(claims) => claims
+            .into_iter()
+            .filter(|c| !c.live && ours(bucket, prefix, &c.bucket, &c.key))
+            .map(|c| (c.key, c.started_at))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read upload claims");
+            Default::default()
+        }
+    };
     if let Err(e) = state.prune_stale_claims() {
         tracing::warn!(error = %e, "could not prune stale upload claims");
     }
@@ -203,6 +217,17 @@ pub async fn recover(
             let cutoff = SystemTime::now() - orphan_age;
             for u in uploads {
                 if known.contains(&u.upload_id) {
+                    continue;
+                }
+                let slack = Duration::from_secs(15 * 60);
+                let left_by_a_crash = died_uploading
+                    .get(&u.key)
+                    .is_some_and(|&claimed| u.initiated.is_some_and(|t| t + slack >= claimed));
+                if left_by_a_crash {
+                    let why = "started by a run of this agent that was killed before recording it";
+                    if abort(bucket.to_string(), u.key, u.upload_id, why).await {
+                        recovery.aborted_orphans += 1;
+                    }
                     continue;
                 }
                 // An upload without a date cannot be shown old: leave it for its owner.
