@@ -15,7 +15,7 @@ use crate::config::{AgentSettings, Env, state_dir};
 use crate::remote::oss::{OssClient, OssConfig};
 use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, Throttle, list_all_uploads};
 use crate::server::{RunningServer, Server, ServerConfig};
-use crate::state::{Checkpoint, OpenReport, StateDb};
+use crate::state::{Checkpoint, OpenReport, StateDb, UploadRowId};
 use crate::watch::Filter;
 
 use super::AgentError;
@@ -202,15 +202,33 @@ pub async fn recover(
             }
             Checkpoint::Damaged { id, bucket: b, key: k, upload_id: u, reason } => {
                 tracing::warn!(checkpoint = id.0, %reason, "damaged checkpoint: not trusted");
-                if let (Some(b), Some(k), Some(u)) = (b, k, u) {
-                    if ours(bucket, prefix, &b, &k) && abort(b, k, u, "its checkpoint was damaged").await {
-                        recovery.aborted_abandoned += 1;
+                if let (Some(b), Some(k)) = (b, k)
+                    && ours(bucket, prefix, &b, &k)
+                {
+                    for u in damaged_checkpoint_uploads(state, remote, id, &b, &k, u).await {
+                        if abort(b.clone(), k.clone(), u, "its checkpoint was damaged").await {
+                            recovery.aborted_abandoned += 1;
+                        }
                     }
                 }
                 state.delete_upload(id)?;
             }
         }
     }
+    // Keys a run of this agent was uploading when it died (its claim outlived it). A kill between
+    // InitiateMultipartUpload's answer and the checkpoint write leaves an upload no checkpoint knows: it is
+    // ours if it was initiated after that claim was taken (15 minutes of slack for clock skew).
+    let died_uploading: std::collections::HashMap<String, SystemTime> = match state.list_in_flight() {
+        Ok(claims) => claims
+            .into_iter()
+            .filter(|c| !c.live && ours(bucket, prefix, &c.bucket, &c.key))
+            .map(|c| (c.key, c.started_at))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read upload claims");
+            Default::default()
+        }
+    };
     if let Err(e) = state.prune_stale_claims() {
         tracing::warn!(error = %e, "could not prune stale upload claims");
     }
@@ -219,6 +237,17 @@ pub async fn recover(
             let cutoff = SystemTime::now() - orphan_age;
             for u in uploads {
                 if known.contains(&u.upload_id) {
+                    continue;
+                }
+                let slack = Duration::from_secs(15 * 60);
+                let left_by_a_crash = died_uploading
+                    .get(&u.key)
+                    .is_some_and(|&claimed| u.initiated.is_some_and(|t| t + slack >= claimed));
+                if left_by_a_crash {
+                    let why = "started by a run of this agent that was killed before recording it";
+                    if abort(bucket.to_string(), u.key, u.upload_id, why).await {
+                        recovery.aborted_orphans += 1;
+                    }
                     continue;
                 }
                 // An upload without a date cannot be shown old: leave it for its owner.
@@ -238,4 +267,32 @@ pub async fn recover(
         Err(e) => tracing::warn!(error = %e, "could not list unfinished uploads; orphan cleanup skipped this time"),
     }
     Ok(recovery)
+}
+
+/// The server-side uploads a damaged checkpoint stands for. The stored upload id may be the damage itself
+/// (aborting a made-up id "succeeds" and would leave the real upload behind), so it is used only if the
+/// checkpoint's MACs confirm it; otherwise the uploads of this key that the MACs confirm; and only when
+/// nothing can be confirmed, the stored id, best effort.
+async fn damaged_checkpoint_uploads(
+    state: &StateDb,
+    remote: &dyn Remote,
+    row: UploadRowId,
+    bucket: &str,
+    key: &str,
+    stored: Option<String>,
+) -> Vec<String> {
+    let confirms = |upload_id: &str| state.checkpoint_confirms_upload_id(row, upload_id).unwrap_or(false);
+    if let Some(u) = stored.as_deref().filter(|u| confirms(u)) {
+        return vec![u.to_string()];
+    }
+    let confirmed: Vec<String> = match list_all_uploads(remote, bucket, Some(key)).await {
+        Ok(listed) => {
+            listed.into_iter().filter(|u| u.key == key && confirms(&u.upload_id)).map(|u| u.upload_id).collect()
+        }
+        Err(e) => {
+            tracing::warn!(%bucket, %key, error = %e, "could not list uploads to find a damaged checkpoint's upload");
+            Vec::new()
+        }
+    };
+    if confirmed.is_empty() { stored.into_iter().collect() } else { confirmed }
 }

@@ -193,7 +193,7 @@ pub struct SyncedFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {source}{}", full_disk_hint(path, source))]
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("state database {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -691,4 +691,27 @@ fn delete_upload_rows(conn: &Connection, id: UploadRowId) -> rusqlite::Result<()
 fn read_synced(row: &Row<'_>, mac: &MacKey) -> rusqlite::Result<Result<SyncedFile, String>> {
     let (fields, stored) = rows::raw(row, rows::SYNCED_N)?;
     Ok(mac.verify("synced", &fields, stored).and_then(|()| rows::decode_synced(&fields)))
+}
+
+/// SQLite reports a full file system as "database or disk is full", but as a bare "disk I/O error" when it
+/// cannot grow its shared-memory file: say what the real problem is when the state directory has no room.
+fn full_disk_hint(path: &Path, source: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    let io = matches!(source.sqlite_error_code(), Some(DiskFull | SystemIoFailure));
+    let Some(dir) = path.parent().filter(|_| io) else { return String::new() };
+    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return String::new() };
+    // SAFETY: a valid NUL-terminated path and a zeroed statvfs for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_dir.as_ptr(), &mut st) } != 0 {
+        return String::new();
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free >= 1 << 20 {
+        return String::new();
+    }
+    format!(
+        " (the file system holding {} is full: {free} bytes free; free some space — nothing recorded so far is \
+         trusted blindly, files are re-verified)",
+        dir.display()
+    )
 }

@@ -57,13 +57,23 @@ pub struct Agent {
     id: u32,
     runs: u32,
     child: Option<Child>,
+    /// A command the agent is started through (e.g. `unshare …`), the binary and its arguments appended.
+    wrapper: Vec<OsString>,
 }
 
 impl Agent {
     /// An agent with no arguments yet; logs go to `log_dir`. Inherits no `OSS_*`/`AWS_*` variables.
     pub fn new(log_dir: &Path) -> Agent {
         let log_dir = log_dir.to_path_buf();
-        Agent { args: Vec::new(), env: Vec::new(), log_dir, id: fastrand::u32(..), runs: 0, child: None }
+        Agent {
+            args: Vec::new(),
+            env: Vec::new(),
+            log_dir,
+            id: fastrand::u32(..),
+            runs: 0,
+            child: None,
+            wrapper: Vec::new(),
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Agent {
@@ -85,6 +95,12 @@ impl Agent {
         self
     }
 
+    /// Start the agent through `wrapper` (its program and arguments; the agent's command line follows).
+    pub fn wrapped<I: Into<OsString>>(mut self, wrapper: impl IntoIterator<Item = I>) -> Agent {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self
+    }
+
     pub fn env(mut self, name: &str, value: impl Into<OsString>) -> Agent {
         self.env.push((name.into(), value.into()));
         self
@@ -99,7 +115,14 @@ impl Agent {
         assert!(self.child.is_none(), "the agent is already running");
         self.runs += 1;
         let log = std::fs::File::create(self.log_path(self.runs)).expect("create the agent log");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.args(&self.args);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();

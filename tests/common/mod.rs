@@ -28,6 +28,7 @@
 
 pub mod agent;
 pub mod seaweed;
+pub mod torture;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
