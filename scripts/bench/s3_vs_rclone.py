@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -365,9 +366,15 @@ def main():
     version = lambda argv: subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
     print(f"{version([binary, '--version'])}; {version([rclone, 'version'])}; "
           f"weed {version([weed, 'version']).removeprefix('version ')}", flush=True)
+    # A SIGTERM (e.g. `timeout`) unwinds through the finally below, so SeaweedFS and the data do not outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     workdir = tempfile.mkdtemp(prefix="ossmirror-bench-", dir=args.workdir)
     print(f"starting SeaweedFS … (data in {workdir})", flush=True)
-    sw = Seaweed(weed, rclone, args.server_dir)
+    try:
+        sw = Seaweed(weed, rclone, args.server_dir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     env = dict(os.environ, AWS_ACCESS_KEY_ID=AK, AWS_SECRET_ACCESS_KEY=SK, AWS_REGION=REGION, NO_COLOR="1",
                OSSMIRROR_LOG="warn", XDG_STATE_HOME=os.path.join(workdir, "state"))
     for var in ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_ENDPOINT", "OSS_REGION"):
