@@ -486,7 +486,9 @@ fn mutation_model_remote_equals_local_at_quiescence() {
     let m = Mirror::new();
     let scratch = m.tmp.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let mut agent = m.agent().arg("--delete").set("--settle", "200ms").start();
+    // The model may delete every file while the agent is down: that is the mass-delete brake's case (held
+    // on purpose, tests/agent.rs), not what this test is about.
+    let mut agent = m.agent().args(["--delete", "--allow-mass-delete"]).set("--settle", "200ms").start();
     let mut journal = Vec::new();
     let (mut kills, mut checks) = (0u64, 0u64);
     let mut to_converge = Duration::ZERO;
