@@ -656,29 +656,31 @@ fn without_an_endpoint_the_agent_keeps_objects_on_this_machine() {
 }
 
 #[test]
-fn the_mass_delete_brake_holds_for_an_emptied_root_but_not_for_a_live_tree() {
+fn the_mass_delete_brake_holds_when_every_synced_file_is_gone_at_once() {
     let m = Mirror::new();
     let once = || m.agent().args(["--delete", "--once"]);
-    write(&m.root, "only.txt", b"the one synced file");
+    write(&m.root, "a.txt", b"first synced file");
+    write(&m.root, "b.txt", b"second synced file");
     let (agent, status) = once().run();
     assert_exit(status, 0, &agent);
-    assert!(m.bucket.listing().contains_key("only.txt"));
+    assert_eq!(m.bucket.listing().len(), 2);
 
-    // Deleted while stopped, but the tree is alive (a new file): a deletion, applied.
-    std::fs::remove_file(m.root.join("only.txt")).unwrap();
+    // One of two deleted while stopped: an ordinary deletion, applied.
+    std::fs::remove_file(m.root.join("a.txt")).unwrap();
+    let (agent, status) = once().run();
+    assert_exit(status, 0, &agent);
+    assert_eq!(m.bucket.listing().into_keys().collect::<Vec<_>>(), ["b.txt"], "{}", agent.log());
+
+    // Every synced file gone at once (a new file beside them, as on a disk replaced by another one):
+    // nothing is deleted.
+    std::fs::remove_file(m.root.join("b.txt")).unwrap();
     write(&m.root, "new.txt", b"a new file");
-    let (agent, status) = once().run();
-    assert_exit(status, 0, &agent);
-    assert_eq!(m.bucket.listing().into_keys().collect::<Vec<_>>(), ["new.txt"], "{}", agent.log());
-
-    // Every synced file gone and the root empty: that looks like a lost disk, so nothing is deleted.
-    std::fs::remove_file(m.root.join("new.txt")).unwrap();
     let (agent, _) = once().run();
     assert!(agent.log().contains("gone at once"), "{}", agent.log());
-    assert!(m.bucket.listing().contains_key("new.txt"), "held: {}", agent.log());
+    assert!(m.bucket.listing().contains_key("b.txt"), "held: {}", agent.log());
 
     // The user confirms.
     let (agent, status) = once().arg("--allow-mass-delete").run();
     assert_exit(status, 0, &agent);
-    assert!(m.bucket.listing().is_empty(), "{}", agent.log());
+    assert_eq!(m.bucket.listing().into_keys().collect::<Vec<_>>(), ["new.txt"], "{}", agent.log());
 }

@@ -242,11 +242,17 @@ fn injected_faults_converge_with_bounded_retries_and_no_spinning() {
     f.secs("bursts_seconds_to_converge", converge(&m, &agent));
     let stats = m.stats();
     assert_eq!(stats.faults.errors, 2 * burst + 1, "every scripted error was hit: {stats:?}");
-    // The Complete that acted but answered 502 is retried once, finds no upload (404), and the object is
-    // verified by a HEAD instead: that 404 is the only failure beyond the injected ones.
+    // The Complete that acted but answered 502 is either retried once, finds no upload (404), or not
+    // retried at all; either way the object is verified by a HEAD instead. That 404 is the only failure
+    // allowed beyond the injected ones.
     let complete = op(&stats, "CompleteMultipartUpload");
-    assert_eq!(complete.statuses.get("404"), Some(&1), "{stats:?}");
-    assert_eq!(failed_requests(&stats), 2 * burst + 2, "no failure beyond the injected ones: {stats:?}");
+    let lost_complete_404 = complete.statuses.get("404").copied().unwrap_or(0);
+    assert!(lost_complete_404 <= 1, "{stats:?}");
+    assert_eq!(
+        failed_requests(&stats),
+        2 * burst + 1 + lost_complete_404,
+        "no failure beyond the injected ones: {stats:?}"
+    );
     let (puts, parts) = (op(&stats, "PutObject"), op(&stats, "UploadPart"));
     assert_eq!(puts.requests, 2 + burst, "one retry per injected PutObject error: {stats:?}");
     assert!(parts.requests <= 8 + burst, "one retry per injected UploadPart error: {stats:?}");

@@ -150,9 +150,7 @@ async fn find_missing(ctx: &Ctx, subtree: &std::path::Path, tx: &mpsc::Sender<Re
     if missing.is_empty() {
         return;
     }
-    // A lost or replaced disk leaves an empty root. A root that still holds files (new ones, say) is a
-    // live tree whose synced files were deleted: the brake is for disk loss, not for small trees.
-    let everything = missing.len() as u64 == tracked && subtree.as_os_str().is_empty() && summary.files == 0;
+    let everything = missing.len() as u64 == tracked && subtree.as_os_str().is_empty();
     let most = tracked >= BRAKE_MIN_TRACKED && missing.len() as u64 * 2 > tracked;
     if (everything || most) && !ctx.allow_mass_delete {
         summary.held = true;
