@@ -217,8 +217,14 @@ fn xml_body(call: Call<'_>, body: String) -> Call<'_> {
     call
 }
 
-/// The headers that shape a new object (PutObject, InitiateMultipartUpload).
-fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMap, RemoteError> {
+/// Content headers and user metadata of a new object, the same in both dialects but for the metadata
+/// header prefix (`x-oss-meta-` / `x-amz-meta-`) and the size limit of the service (`service` names it).
+pub(crate) fn content_and_metadata_headers(
+    options: &ObjectOptions,
+    meta_prefix: &str,
+    max_metadata_bytes: usize,
+    service: &str,
+) -> Result<HeaderMap, RemoteError> {
     let mut h = HeaderMap::new();
     let standard = [
         (http::header::CONTENT_TYPE, "content type", &options.content_type),
@@ -240,14 +246,14 @@ fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMa
                 "metadata names may contain only letters, digits and '-'",
             ));
         }
-        // x-oss-* values are signed; surrounding or repeated spaces are normalized differently by servers.
+        // Metadata headers are signed, and signatures normalize spaces; a server would store them otherwise.
         if value.trim() != value || value.contains("  ") {
             return Err(RemoteError::invalid_input(
                 format!("metadata {name:?} has leading, trailing or repeated spaces"),
                 "trim the value",
             ));
         }
-        let header = HeaderName::from_bytes(format!("x-oss-meta-{lower}").as_bytes()).map_err(|_| {
+        let header = HeaderName::from_bytes(format!("{meta_prefix}{lower}").as_bytes()).map_err(|_| {
             RemoteError::invalid_input(format!("invalid metadata name {name:?}"), "use letters and '-'")
         })?;
         if h.contains_key(&header) {
@@ -259,12 +265,18 @@ fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMa
         total += lower.len() + value.len();
         h.insert(header, header_value(&format!("metadata {name:?}"), value)?);
     }
-    if total > MAX_METADATA_BYTES {
+    if total > max_metadata_bytes {
         return Err(RemoteError::invalid_input(
             format!("user metadata is {total} bytes"),
-            "OSS allows at most 8 KiB of metadata names and values in total",
+            format!("{service} allows at most {} KiB of metadata names and values in total", max_metadata_bytes / 1024),
         ));
     }
+    Ok(h)
+}
+
+/// The headers that shape a new object (PutObject, InitiateMultipartUpload).
+fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMap, RemoteError> {
+    let mut h = content_and_metadata_headers(options, "x-oss-meta-", MAX_METADATA_BYTES, "OSS")?;
     if let Some(acl) = options.acl.as_deref().filter(|_| include_acl) {
         h.insert("x-oss-object-acl", checked_acl(acl)?);
     }

@@ -44,7 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 use tokio::sync::OnceCell;
@@ -54,7 +54,8 @@ use crate::checksum::{Crc64Nvme, crc64nvme_fold};
 use crate::remote::body::DigestSlot;
 use crate::remote::names::validate_bucket;
 use crate::remote::oss::client::{
-    MAX_DELETE_KEYS, check_key, check_single_upload_size, check_upload, content_md5, header_value,
+    MAX_DELETE_KEYS, check_key, check_single_upload_size, check_upload, content_and_metadata_headers, content_md5,
+    header_value,
 };
 use crate::remote::oss::endpoint::{Endpoint, RequestUrl};
 use crate::remote::oss::response::{self, Redactor, Reply};
@@ -282,52 +283,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Headers that shape a new object (PutObject, CreateMultipartUpload).
 fn object_headers(options: &ObjectOptions) -> Result<HeaderMap, RemoteError> {
-    let mut h = HeaderMap::new();
-    let standard = [
-        (http::header::CONTENT_TYPE, "content type", &options.content_type),
-        (http::header::CACHE_CONTROL, "Cache-Control", &options.cache_control),
-        (http::header::CONTENT_DISPOSITION, "Content-Disposition", &options.content_disposition),
-        (http::header::CONTENT_ENCODING, "Content-Encoding", &options.content_encoding),
-    ];
-    for (name, what, value) in standard {
-        if let Some(v) = value {
-            h.insert(name, header_value(what, v)?);
-        }
-    }
-    let mut total = 0;
-    for (name, value) in &options.metadata {
-        let lower = name.to_ascii_lowercase();
-        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(RemoteError::invalid_input(
-                format!("invalid metadata name {name:?}"),
-                "metadata names may contain only letters, digits and '-'",
-            ));
-        }
-        // Signed headers are normalized (spaces collapsed) by the signature; a server would store otherwise.
-        if value.trim() != value || value.contains("  ") {
-            return Err(RemoteError::invalid_input(
-                format!("metadata {name:?} has leading, trailing or repeated spaces"),
-                "trim the value",
-            ));
-        }
-        let header = HeaderName::from_bytes(format!("x-amz-meta-{lower}").as_bytes()).map_err(|_| {
-            RemoteError::invalid_input(format!("invalid metadata name {name:?}"), "use letters and '-'")
-        })?;
-        if h.contains_key(&header) {
-            return Err(RemoteError::invalid_input(
-                format!("metadata {name:?} given twice (names are case-insensitive)"),
-                "give each metadata name once",
-            ));
-        }
-        total += lower.len() + value.len();
-        h.insert(header, header_value(&format!("metadata {name:?}"), value)?);
-    }
-    if total > MAX_METADATA_BYTES {
-        return Err(RemoteError::invalid_input(
-            format!("user metadata is {total} bytes"),
-            "S3 allows at most 2 KiB of metadata names and values in total",
-        ));
-    }
+    let mut h = content_and_metadata_headers(options, "x-amz-meta-", MAX_METADATA_BYTES, "S3")?;
     match options.acl.as_deref() {
         // OSS's "default" (inherit the bucket's ACL) is what S3 does without the header.
         None | Some("default") => {}
