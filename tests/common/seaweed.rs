@@ -101,7 +101,25 @@ impl Seaweed {
         Self::spawn(false)
     }
 
+    /// Start weed on freshly picked ports. A port picked as free can be taken (by another test's server,
+    /// or as some connection's ephemeral port) before weed binds it; weed then exits with "address already
+    /// in use". That is the harness losing a race, not a failure of the code under test: try again with new
+    /// ports, a few times.
     fn spawn(die_with_thread: bool) -> Seaweed {
+        const ATTEMPTS: u32 = 6;
+        for attempt in 1..=ATTEMPTS {
+            match Self::spawn_once(die_with_thread) {
+                Ok(sw) => return sw,
+                Err(log) if log.contains("address already in use") && attempt < ATTEMPTS => {
+                    eprintln!("seaweed harness: a picked port was taken before weed bound it; retrying with new ports");
+                }
+                Err(log) => panic!("weed exited while starting:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_once(die_with_thread: bool) -> Result<Seaweed, String> {
         let bin = venv_bin();
         remove_stale_dirs();
         static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -186,17 +204,18 @@ impl Seaweed {
         )
         .expect("write the rclone config");
         let mut sw = Seaweed { child, dir, s3_port: p[6], log_path, rclone_config, bin };
-        sw.wait_ready();
-        sw
+        // On failure `sw` drops here: the child is reaped and its directory removed.
+        sw.wait_ready().map(|()| sw)
     }
 
-    fn wait_ready(&mut self) {
+    /// `Err(log)` when weed exits before it is ready; panics when it is still not ready at the deadline.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let addr: SocketAddr = ([127, 0, 0, 1], self.s3_port).into();
         let mut answered = false;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("weed exited with {status} while starting:\n{}", self.log());
+                return Err(format!("weed exited with {status}:\n{}", self.log()));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -218,7 +237,7 @@ impl Seaweed {
                     "5s",
                 ]);
                 if out.status.success() {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(250));
