@@ -7,6 +7,7 @@
 //! embedded default when no endpoint is configured.
 
 pub mod agent;
+pub mod beneath;
 pub mod checksum;
 pub mod cli;
 pub mod config;

@@ -22,19 +22,28 @@ pub struct LocalHashes {
     pub part_blake3: Vec<Blake3>,
 }
 
-/// Hash `path` in pieces of `part_size`. `Ok(None)` when the file changed while being read, or is not the
-/// file `expected` describes (another inode, size or timestamps).
-pub fn hash_file(path: &Path, part_size: u64, expected: &FileSnapshot) -> io::Result<Option<LocalHashes>> {
-    // O_NONBLOCK: a FIFO put in place of the file since it was scanned must not hang us.
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
-    let before = FileSnapshot::of_file(&file)?;
+/// Open the file at `rel` for hashing, by the tree's rules: beneath the root with no symbolic link on the
+/// way (or following links with `--follow-symlinks`). O_NONBLOCK: a FIFO put in place of the file since it
+/// was scanned must not hang us.
+pub fn open_in_tree(root: &Path, rel: &Path, follow_symlinks: bool) -> io::Result<File> {
+    if follow_symlinks {
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(root.join(rel))
+    } else {
+        crate::beneath::open(root, rel, libc::O_NONBLOCK)
+    }
+}
+
+/// Hash the open `file` in pieces of `part_size`. `Ok(None)` when the file changed while being read, or is
+/// not the file `expected` describes (another inode, size or timestamps).
+pub fn hash_file(file: &File, part_size: u64, expected: &FileSnapshot) -> io::Result<Option<LocalHashes>> {
+    let before = FileSnapshot::of_file(file)?;
     if before != *expected || !file.metadata()?.is_file() {
         return Ok(None);
     }
-    let Some((crc64, crc64nvme, part_blake3)) = hash_pieces(&file, before.size, part_size.max(1))? else {
+    let Some((crc64, crc64nvme, part_blake3)) = hash_pieces(file, before.size, part_size.max(1))? else {
         return Ok(None);
     };
-    let after = FileSnapshot::of_file(&file)?;
+    let after = FileSnapshot::of_file(file)?;
     Ok((after == before).then_some(LocalHashes { snapshot: before, crc64, crc64nvme, part_blake3 }))
 }
 
@@ -79,20 +88,24 @@ mod tests {
         let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let snap = FileSnapshot::of_path(&path).unwrap();
-        let h = hash_file(&path, 1 << 20, &snap).unwrap().unwrap();
+        let open = || open_in_tree(dir.path(), Path::new("f"), false).unwrap();
+        let h = hash_file(&open(), 1 << 20, &snap).unwrap().unwrap();
         assert_eq!(h.crc64, crate::checksum::crc64(&data));
         assert_eq!(h.crc64nvme, crate::checksum::crc64nvme(&data));
         let expected: Vec<Blake3> = data.chunks(1 << 20).map(crate::checksum::blake3).collect();
         assert_eq!(h.part_blake3, expected);
         // A single piece: one hash of everything; an empty file: the hash of nothing.
         assert_eq!(
-            hash_file(&path, u64::MAX, &snap).unwrap().unwrap().part_blake3,
+            hash_file(&open(), u64::MAX, &snap).unwrap().unwrap().part_blake3,
             vec![crate::checksum::blake3(&data)]
         );
         std::fs::write(&path, b"").unwrap();
         let empty = FileSnapshot::of_path(&path).unwrap();
-        assert_eq!(hash_file(&path, 1 << 20, &empty).unwrap().unwrap().part_blake3, vec![crate::checksum::blake3(b"")]);
+        assert_eq!(
+            hash_file(&open(), 1 << 20, &empty).unwrap().unwrap().part_blake3,
+            vec![crate::checksum::blake3(b"")]
+        );
         // Not the file we were told about: no answer rather than a wrong one.
-        assert_eq!(hash_file(&path, 1 << 20, &snap).unwrap(), None);
+        assert_eq!(hash_file(&open(), 1 << 20, &snap).unwrap(), None);
     }
 }

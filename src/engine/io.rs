@@ -3,10 +3,15 @@
 //! Files are opened with `O_NONBLOCK` so a FIFO that slipped past the scanner can never block us, and
 //! anything but a regular file is refused before a byte is read. Snapshots come from the open descriptor;
 //! the path is checked separately to notice a file replaced by a rename (an editor save).
+//!
+//! How a path is reached is the caller's [`Access`]: `cp` follows symlinks (the user named the file); the
+//! agent without `--follow-symlinks` resolves every path *beneath* its root with no symlink in any
+//! component (`crate::beneath`), for the first open, for every later look at the path, and for a reopen
+//! after a replace, so nothing outside the watched tree is ever read.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,13 +21,60 @@ use super::EngineError;
 use crate::checksum::Blake3;
 use crate::snapshot::FileSnapshot;
 
+/// How paths are resolved to files (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// Follow symbolic links anywhere (`cp`, and the agent with `--follow-symlinks`).
+    Follow,
+    /// Refuse a symbolic link at the path itself (`O_NOFOLLOW`); the directories above are trusted.
+    NoFollow,
+    /// Resolve below this root with no symbolic link in any component.
+    Beneath(Arc<Path>),
+}
+
+impl Access {
+    fn open(&self, path: &Path) -> std::io::Result<File> {
+        let flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+        match self {
+            Access::Follow => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path),
+            Access::NoFollow => {
+                std::fs::OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path)
+            }
+            Access::Beneath(root) => crate::beneath::open(root, rel_below(root, path)?, libc::O_NONBLOCK),
+        }
+    }
+
+    /// What is at the path now, by the same rules as [`Access::open`] (a final symlink is not followed
+    /// unless `Follow`).
+    fn stat(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
+        match self {
+            Access::Follow => std::fs::metadata(path),
+            Access::NoFollow => std::fs::symlink_metadata(path),
+            Access::Beneath(root) => crate::beneath::symlink_metadata(root, rel_below(root, path)?),
+        }
+    }
+
+    fn follows(&self) -> bool {
+        matches!(self, Access::Follow)
+    }
+}
+
+fn rel_below<'a>(root: &Path, path: &'a Path) -> std::io::Result<&'a Path> {
+    path.strip_prefix(root).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not under the watched directory {}", path.display(), root.display()),
+        )
+    })
+}
+
 /// An open regular file and the snapshot taken when it was opened (cheap to clone: the file is shared).
 #[derive(Clone)]
 pub(super) struct Opened {
     pub file: Arc<File>,
     pub snapshot: FileSnapshot,
-    /// Whether a symbolic link at the path is followed (reopening after a replace obeys the same rule).
-    pub follow: bool,
+    /// How the path is resolved (reopening after a replace obeys the same rule).
+    pub access: Access,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -36,7 +88,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn open_err(path: &Path, source: std::io::Error) -> EngineError {
-    if source.kind() == std::io::ErrorKind::NotFound {
+    // ENOTDIR: a directory above the file is no longer one; gone as much as a missing name.
+    if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ENOTDIR) {
         EngineError::Vanished { path: path.to_path_buf() }
     } else {
         EngineError::Open { path: path.to_path_buf(), source }
@@ -61,29 +114,27 @@ pub(super) fn file_kind(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Open `path` for reading, refusing anything that is not a regular file. Without `follow`, a symbolic
-/// link is refused too (`O_NOFOLLOW`): an agent told not to follow links must not upload what one points to,
-/// even if the link appears at the path while the file is being uploaded.
-pub(super) async fn open_regular(path: &Path, follow: bool) -> Result<Opened, EngineError> {
+/// Open `path` for reading, refusing anything that is not a regular file. Unless `access` follows links, a
+/// symbolic link is refused too: an agent told not to follow links must not upload what one points to, even
+/// if the link appears at the path (or, with [`Access::Beneath`], anywhere above it) mid-upload.
+pub(super) async fn open_regular(path: &Path, access: &Access) -> Result<Opened, EngineError> {
     let owned = path.to_path_buf();
-    blocking(path, move || open_blocking(&owned, follow)).await
+    let access = access.clone();
+    blocking(path, move || open_blocking(&owned, access)).await
 }
 
-fn open_blocking(path: &PathBuf, follow: bool) -> Result<Opened, EngineError> {
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) if !follow => EngineError::NotRegular { path: path.clone(), kind: "a symbolic link" },
-            _ => open_err(path, e),
-        })?;
+fn open_blocking(path: &Path, access: Access) -> Result<Opened, EngineError> {
+    let file = access.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) if !access.follows() => {
+            EngineError::NotRegular { path: path.to_path_buf(), kind: "a symbolic link" }
+        }
+        _ => open_err(path, e),
+    })?;
     let meta = file.metadata().map_err(|e| open_err(path, e))?;
     if !meta.file_type().is_file() {
-        return Err(EngineError::NotRegular { path: path.clone(), kind: file_kind(&meta.file_type()) });
+        return Err(EngineError::NotRegular { path: path.to_path_buf(), kind: file_kind(&meta.file_type()) });
     }
-    Ok(Opened { file: Arc::new(file), snapshot: FileSnapshot::from_metadata(&meta), follow })
+    Ok(Opened { file: Arc::new(file), snapshot: FileSnapshot::from_metadata(&meta), access })
 }
 
 /// The file's current snapshot, from the descriptor.
@@ -120,17 +171,24 @@ pub(super) async fn wait_not_racy(
 /// without `follow`, became a symbolic link).
 pub(super) async fn refresh_if_replaced(path: &Path, opened: &mut Opened) -> Result<bool, EngineError> {
     let owned = path.to_path_buf();
-    let follow = opened.follow;
+    let access = opened.access.clone();
     let at_path = blocking(path, move || {
-        let meta = if follow { std::fs::metadata(&owned) } else { std::fs::symlink_metadata(&owned) };
-        meta.map(|m| FileSnapshot::from_metadata(&m)).map_err(|e| open_err(&owned, e))
+        let meta = access.stat(&owned).map_err(|e| match e.raw_os_error() {
+            // A directory above it became a symlink: the file left the tree.
+            Some(libc::ELOOP) => EngineError::Vanished { path: owned.clone() },
+            _ => open_err(&owned, e),
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(EngineError::NotRegular { path: owned.clone(), kind: "a symbolic link" });
+        }
+        Ok(FileSnapshot::from_metadata(&meta))
     })
     .await?;
     if at_path.same_file(&opened.snapshot) {
         return Ok(false);
     }
     tracing::info!(path = %path.display(), "file was replaced (renamed over); reading the new one");
-    *opened = open_regular(path, follow).await?;
+    *opened = open_regular(path, &opened.access.clone()).await?;
     Ok(true)
 }
 
@@ -228,13 +286,16 @@ mod tests {
         let fifo = dir.path().join("pipe");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        match open_regular(&fifo, true).await {
+        match open_regular(&fifo, &Access::Follow).await {
             Err(EngineError::NotRegular { kind, .. }) => assert_eq!(kind, "a FIFO"),
             Err(e) => panic!("expected NotRegular, got {e}"),
             Ok(_) => panic!("expected NotRegular, got a file"),
         }
-        assert!(matches!(open_regular(dir.path(), true).await, Err(EngineError::NotRegular { .. })));
-        assert!(matches!(open_regular(&dir.path().join("missing"), true).await, Err(EngineError::Vanished { .. })));
+        assert!(matches!(open_regular(dir.path(), &Access::Follow).await, Err(EngineError::NotRegular { .. })));
+        assert!(matches!(
+            open_regular(&dir.path().join("missing"), &Access::Follow).await,
+            Err(EngineError::Vanished { .. })
+        ));
     }
 
     #[tokio::test]
@@ -243,7 +304,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let opened = open_regular(&path, true).await.unwrap();
+        let opened = open_regular(&path, &Access::Follow).await.unwrap();
         let h = hash_range(&path, &opened.file, 1000, 2_500_000).await.unwrap();
         let part = &data[1000..2_501_000];
         let expected = PartHashes {
@@ -262,7 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"old").unwrap();
-        let mut opened = open_regular(&path, true).await.unwrap();
+        let mut opened = open_regular(&path, &Access::Follow).await.unwrap();
         let before = opened.snapshot;
         let tmp = dir.path().join("f.tmp");
         std::fs::write(&tmp, b"new content").unwrap();
@@ -285,16 +346,16 @@ mod symlink_tests {
         std::fs::write(&target, b"private").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        match open_regular(&link, false).await {
+        match open_regular(&link, &Access::NoFollow).await {
             Err(EngineError::NotRegular { kind, .. }) => assert_eq!(kind, "a symbolic link"),
             Err(e) => panic!("expected NotRegular, got {e}"),
             Ok(_) => panic!("a link was opened without --follow-symlinks"),
         }
-        assert_eq!(open_regular(&link, true).await.unwrap().snapshot.size, 7);
+        assert_eq!(open_regular(&link, &Access::Follow).await.unwrap().snapshot.size, 7);
         // A regular file replaced by a link mid-upload is not followed either.
         let file = dir.path().join("f");
         std::fs::write(&file, b"data").unwrap();
-        let mut opened = open_regular(&file, false).await.unwrap();
+        let mut opened = open_regular(&file, &Access::NoFollow).await.unwrap();
         std::fs::remove_file(&file).unwrap();
         std::os::unix::fs::symlink(&target, &file).unwrap();
         assert!(matches!(refresh_if_replaced(&file, &mut opened).await, Err(EngineError::NotRegular { .. })));
@@ -307,7 +368,7 @@ mod symlink_tests {
         std::fs::write(&path, b"x").unwrap();
         let future = std::time::SystemTime::now() + Duration::from_secs(10 * 365 * 86_400);
         std::fs::File::options().write(true).open(&path).unwrap().set_modified(future).unwrap();
-        let mut opened = open_regular(&path, true).await.unwrap();
+        let mut opened = open_regular(&path, &Access::Follow).await.unwrap();
         let waited =
             tokio::time::timeout(Duration::from_secs(30), wait_not_racy(&path, &mut opened, Duration::from_secs(2)))
                 .await

@@ -72,6 +72,10 @@ pub struct EngineConfig {
     /// Upload what a symbolic link at the path points to (`cp`: yes, the user named it; the agent: only
     /// with `--follow-symlinks`). Without it a link is refused, even one that appears mid-upload.
     pub follow_symlinks: bool,
+    /// Without `follow_symlinks`: every path is below this directory and is resolved beneath it with no
+    /// symbolic link in *any* component (the agent's watched root), so a directory replaced by a link can
+    /// never make the engine read a file from outside the tree.
+    pub confine_to: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             keep_checkpoint: true,
             global_parts_in_flight: None,
             follow_symlinks: true,
+            confine_to: None,
         }
     }
 }
@@ -188,6 +193,11 @@ pub enum EngineError {
     #[error("{key}: {source}")]
     Remote { key: String, source: RemoteError },
 
+    /// A bug guard: Complete would have listed a part set that does not cover the file. Nothing was
+    /// completed; the checkpoint is kept and the next attempt sends what is missing.
+    #[error("{key}: refusing to complete the upload: {detail} (nothing was published; it is retried)")]
+    IncompletePlan { key: String, detail: String },
+
     #[error(transparent)]
     State(#[from] StateError),
 
@@ -215,6 +225,8 @@ struct Inner {
     remote: Arc<dyn Remote>,
     state: StateDb,
     config: EngineConfig,
+    /// How file paths are resolved, from `follow_symlinks` and `confine_to`.
+    access: io::Access,
     stats: EngineStats,
 }
 
@@ -229,7 +241,12 @@ impl Engine {
     pub fn new(remote: Arc<dyn Remote>, state: StateDb, config: EngineConfig) -> Result<Engine, EngineError> {
         PartPlan::validate_part_size(config.part_size)?;
         let config = EngineConfig { threads: config.threads.max(1), max_passes: config.max_passes.max(1), ..config };
-        Ok(Engine { inner: Arc::new(Inner { remote, state, config, stats: EngineStats::default() }) })
+        let access = match (&config.confine_to, config.follow_symlinks) {
+            (_, true) => io::Access::Follow,
+            (Some(root), false) => io::Access::Beneath(Arc::from(root.as_path())),
+            (None, false) => io::Access::NoFollow,
+        };
+        Ok(Engine { inner: Arc::new(Inner { remote, state, config, access, stats: EngineStats::default() }) })
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -300,7 +317,7 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<UploadOutcome, EngineError> {
         reporter.report(Progress::default())?;
-        let opened = io::open_regular(&spec.path, self.inner.config.follow_symlinks).await?;
+        let opened = io::open_regular(&spec.path, &self.inner.access).await?;
         reporter.claim.set_total_bytes(opened.snapshot.size)?;
         let checkpoint = self.inner.state.find_checkpoint(&spec.path, &spec.bucket, &spec.key)?;
         let small = opened.snapshot.size <= self.inner.config.multipart_threshold;
@@ -383,10 +400,7 @@ impl Engine {
             sent_total += sent;
             // The object now holds exactly the version read under `snapshot`. It is the current version
             // only if the file has not moved on since.
-            if !io::unchanged_since(&spec.path, &mut opened, snapshot).await? {
-                tracing::info!(path = %spec.path.display(), key = %spec.key, pass, "file changed after it was read; uploading again");
-                continue;
-            }
+            let current = io::unchanged_since(&spec.path, &mut opened, snapshot).await;
             let outcome = UploadOutcome {
                 size: snapshot.size,
                 crc64: put.digest.crc64,
@@ -400,7 +414,19 @@ impl Engine {
                 bytes_sent: sent_total,
                 passes: pass,
             };
+            // Recorded whatever became of the file since: the index must know every object it wrote. The row
+            // binds the object to `snapshot`, which a file changed since no longer has (so it is uploaded
+            // again); a file deleted or renamed meanwhile is then removed (`--delete`) or copied from it like
+            // any synced file, instead of leaving an object nobody knows.
             inner.state.complete(None, &synced_record(spec, &outcome))?;
+            match current {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(path = %spec.path.display(), key = %spec.key, pass, "file changed after it was read; uploading again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             tracing::info!(path = %spec.path.display(), key = %spec.key, size = outcome.size, crc64 = outcome.crc64, "uploaded (single PutObject)");
             return Ok(outcome);
         }

@@ -187,7 +187,7 @@ impl Session {
                 session.abandon("the file became empty").await;
                 // Hand back to the small-file path through a fresh engine call.
                 let engine = super::Engine { inner: session.inner.clone() };
-                let reopened = io::open_regular(&spec.path, session.inner.config.follow_symlinks).await?;
+                let reopened = io::open_regular(&spec.path, &session.inner.access).await?;
                 engine.single_put(spec, reopened, reporter, cancel).await
             }
             Err(e) => {
@@ -563,8 +563,8 @@ impl Session {
         snapshot: FileSnapshot,
         pass: u32,
     ) -> Result<Option<UploadOutcome>, EngineError> {
-        let parts: Vec<PartRecord> = (1..=plan.count).filter_map(|n| self.parts.get(&n).cloned()).collect();
-        debug_assert_eq!(parts.len(), plan.count as usize, "a clean pass leaves every part trusted");
+        let parts = complete_set(&plan, &self.parts)
+            .map_err(|detail| EngineError::IncompletePlan { key: self.spec.key.clone(), detail })?;
         let expected_crc = crc64_fold(parts.iter().map(|p| (p.crc64, p.size)));
         let nvme = |n: u32| self.part_nvme.get(&n).copied().unwrap_or_default();
         let expected_nvme = crc64nvme_fold(parts.iter().map(|p| (nvme(p.part_number), p.size)));
@@ -655,6 +655,32 @@ impl Session {
             crc64 = outcome.crc64, parts_sent = outcome.parts_sent, parts_reused = outcome.parts_reused, passes = pass, "uploaded and verified");
         Ok(Some(outcome))
     }
+}
+
+/// The parts Complete lists: exactly one trusted part per planned number, each of its planned size, adding up
+/// to the file's size. Anything else is refused rather than completed: an object assembled from a part
+/// set with a hole (or a part of the wrong size) would hold other bytes than the file, and its expected
+/// CRC-64, folded from the same set, would agree with it.
+fn complete_set(plan: &PartPlan, trusted: &BTreeMap<u32, PartRecord>) -> Result<Vec<PartRecord>, String> {
+    let mut parts = Vec::with_capacity(plan.count as usize);
+    let mut total = 0u64;
+    for n in 1..=plan.count {
+        let (_, len) = plan.range(n);
+        match trusted.get(&n) {
+            None => return Err(format!("part {n} of {} is not among the parts the server confirmed", plan.count)),
+            Some(p) if p.size != len => {
+                return Err(format!("part {n} holds {} bytes where the plan has {len}", p.size));
+            }
+            Some(p) => {
+                total += p.size;
+                parts.push(p.clone());
+            }
+        }
+    }
+    if total != plan.size {
+        return Err(format!("the parts add up to {total} bytes, the file has {}", plan.size));
+    }
+    Ok(parts)
 }
 
 /// Shared by the part tasks of one pass.
@@ -749,5 +775,66 @@ impl PassCtx {
         self.inner.state.record_part(self.row, &rec)?;
         tracing::debug!(key = %self.spec.key, upload_id = %self.upload_id, part = number, size = len, "part uploaded");
         Ok(PartOutcome::Sent(rec, part.digest.crc64nvme))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig, io::Access};
+    use crate::remote::memory::MemoryRemote;
+    use crate::remote::{ObjectOptions, Remote};
+    use crate::state::StateDb;
+
+    /// Complete must never list a part set with a hole: the expected CRC-64 is folded from the same set, so
+    /// nothing downstream would notice. (This was a `debug_assert!`, i.e. no check at all in a release build.)
+    #[tokio::test]
+    async fn complete_refuses_a_part_set_with_a_hole_or_a_wrong_size() {
+        const PART: u64 = 100 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 * PART - 7)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let remote = Arc::new(MemoryRemote::new());
+        remote.create_bucket("b").await.unwrap();
+        let config = EngineConfig { part_size: PART, multipart_threshold: PART, ..EngineConfig::default() };
+        let engine = Engine::new(remote.clone(), StateDb::open_in_memory().unwrap(), config).unwrap();
+        let spec =
+            UploadSpec { path: path.clone(), bucket: "b".into(), key: "obj".into(), options: ObjectOptions::default() };
+        let opened = io::open_regular(&path, &Access::Follow).await.unwrap();
+        let snapshot = opened.snapshot;
+        let fingerprint = options_fingerprint(&spec.options);
+        let mut session =
+            Session::start(engine.inner.clone(), &spec, opened, snapshot.size, fingerprint).await.unwrap();
+        let plan = PartPlan::with_exact_part_size(snapshot.size, PART).unwrap();
+        assert_eq!(plan.count, 3);
+        let file = session.opened.file.clone();
+        let mut send = async |n: u32, len: u64| {
+            let (offset, _) = plan.range(n);
+            let body = Body::File(FileRange { file: file.clone(), offset, len });
+            let sent = remote.upload_part("b", "obj", &session.upload_id, n, body).await.unwrap();
+            let rec = PartRecord {
+                part_number: n,
+                size: len,
+                etag: sent.etag,
+                crc64: sent.digest.crc64,
+                blake3: sent.digest.blake3,
+            };
+            session.parts.insert(n, rec);
+        };
+        send(1, plan.range(1).1).await;
+        send(3, plan.range(3).1).await;
+
+        let err = session.complete(plan, snapshot, 1).await.unwrap_err();
+        assert!(matches!(err, EngineError::IncompletePlan { .. }), "{err}");
+        assert!(err.to_string().contains("part 2 of 3"), "{err}");
+        // A part of the wrong size is refused too.
+        let mut short = session.parts.get(&1).cloned().unwrap();
+        short.size -= 1;
+        let mut parts = session.parts.clone();
+        parts.insert(1, short);
+        parts.insert(2, parts[&3].clone());
+        assert!(complete_set(&plan, &parts).unwrap_err().contains("part 1 holds"));
+        assert!(remote.object("b", "obj").is_none(), "nothing was published");
     }
 }

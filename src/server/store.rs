@@ -267,13 +267,35 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// Create `dir` and its missing parents 0700, whatever the umask: the store holds other people's files (the
+/// embedded store mirrors files that may be 0600), so no other local user may list or read it.
+fn private_dirs(dir: &Path, tighten_existing: bool) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let existed = dir.is_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ServerError::io(format!("create {}", dir.display()), e))?;
+    if !existed || tighten_existing {
+        // DirBuilder's mode is filtered by the umask, which may also clear our own bits.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| ServerError::io(format!("chmod {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// A new file, 0600 whatever the umask.
+fn private_file(path: &Path, options: &mut fs::OpenOptions) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = options.mode(0o600).open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 fn lock_root(root: &Path) -> Result<File, ServerError> {
     let path = root.join("LOCK");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = private_file(&path, fs::OpenOptions::new().create(true).truncate(false).write(true))
         .map_err(|e| ServerError::io(format!("open {}", path.display()), e))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -292,14 +314,24 @@ impl Store {
     /// Open (or create) the store under `root`, then sweep what a crash may have left: temp files and blob
     /// files no committed row references.
     pub fn open(root: &Path, fsync: bool) -> Result<Store, ServerError> {
-        fs::create_dir_all(root).map_err(|e| ServerError::io(format!("create {}", root.display()), e))?;
+        // A --root the user made is left as it is; what the store makes inside it is private (also in a
+        // store written by an older build, whose files were 0644).
+        private_dirs(root, false)?;
         let lock = lock_root(root)?;
         let data_dir = root.join("data");
         let tmp_dir = root.join("tmp");
         for dir in [&data_dir, &tmp_dir] {
-            fs::create_dir_all(dir).map_err(|e| ServerError::io(format!("create {}", dir.display()), e))?;
+            private_dirs(dir, true)?;
         }
-        let conn = Connection::open(root.join("index.sqlite"))?;
+        // SQLite creates the index with 0644 and gives its -wal and -shm the main file's mode: create it 0600
+        // first (an existing one is tightened), so all three are private.
+        let index = root.join("index.sqlite");
+        private_file(&index, fs::OpenOptions::new().create(true).truncate(false).write(true))
+            .map_err(|e| ServerError::io(format!("create {}", index.display()), e))?;
+        for side in ["index.sqlite-wal", "index.sqlite-shm"] {
+            let _ = fs::set_permissions(root.join(side), std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        }
+        let conn = Connection::open(&index)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" })?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -378,7 +410,8 @@ impl Store {
     pub fn begin_blob(&self) -> Result<BlobWriter, ServerError> {
         let name = new_blob_name();
         let tmp_path = self.inner.tmp_dir.join(&name);
-        let file = File::create(&tmp_path).map_err(|e| ServerError::io(format!("create {}", tmp_path.display()), e))?;
+        let file = private_file(&tmp_path, fs::OpenOptions::new().write(true).create(true).truncate(true))
+            .map_err(|e| ServerError::io(format!("create {}", tmp_path.display()), e))?;
         Ok(BlobWriter { store: self.clone(), file: Some(file), tmp_path, name, written: 0, flushed: 0 })
     }
 
@@ -1335,7 +1368,7 @@ impl BlobWriter {
         let dest = blob_path(&inner.data_dir, &self.name);
         let fan_dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| inner.data_dir.clone());
         let new_fan_dir = !fan_dir.exists();
-        fs::create_dir_all(&fan_dir).map_err(|e| ServerError::io(format!("create {}", fan_dir.display()), e))?;
+        private_dirs(&fan_dir, false)?;
         fs::rename(&self.tmp_path, &dest).map_err(|e| ServerError::io(format!("rename into {}", dest.display()), e))?;
         if inner.fsync {
             sync_dir(&fan_dir).map_err(|e| ServerError::io(format!("fsync {}", fan_dir.display()), e))?;

@@ -24,6 +24,7 @@
 //!   as stored. Reads verify before decoding; writes MAC exactly the values they bind.
 //! - `open`: private file modes, atomic creation, damage detection, quarantine and salvage, and the lock
 //!   file that keeps one process from recovering a database another has open.
+//! - `remote`: which remote the database describes; opened against another, it forgets what it cannot prove.
 //! - `index`, `status`, `claim`: the synced-file index (paged listing, lookups by content and by inode,
 //!   counts), per-file pending/failed status, and claims (who is uploading what, with progress).
 //!
@@ -52,6 +53,7 @@ mod claim;
 mod index;
 mod mac;
 mod open;
+mod remote;
 mod rows;
 mod schema;
 mod status;
@@ -73,6 +75,7 @@ use schema::{part_cols, synced_cols, upload_cols};
 pub use claim::{CLAIM_STALE_AFTER, Claim, InFlight};
 pub use index::{StateCounts, SyncedEntry, SyncedIter};
 pub use open::BUSY_TIMEOUT;
+pub use remote::{AbandonedUpload, Binding};
 pub use status::{FileState, FileStatus, MAX_ERROR_LEN};
 
 /// Row id of an upload checkpoint.
@@ -317,6 +320,11 @@ impl StateDb {
         let opened = open::open(path)?;
         let report = opened.report.clone();
         Ok((StateDb::from_opened(opened, Some(path.to_path_buf())), report))
+    }
+
+    /// Create the missing directories above `path` 0700 whatever the umask (existing ones are left alone).
+    pub fn create_private_parents(path: &Path) -> Result<(), StateError> {
+        open::ensure_parent(path)
     }
 
     /// Open an existing database for reading (the `status` command): never creates, migrates or

@@ -163,7 +163,7 @@ fn private_mode(file: &File) -> io::Result<()> {
 // ---- creation ---------------------------------------------------------------------------------------------
 
 /// Create the missing ancestors of `path`, each 0700 (existing directories are left as they are).
-fn ensure_parent(path: &Path) -> Result<(), StateError> {
+pub(crate) fn ensure_parent(path: &Path) -> Result<(), StateError> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };

@@ -18,10 +18,19 @@
 //! is deleted a second later. It is on by default; [`FilterConfig::default_ignores`] = false turns it off.
 //!
 //! # The agent's own files
-//! [`FilterConfig::own_paths`] names files the agent writes itself (its state database, its logs) in case
-//! they live inside the watched tree: each one, its SQLite side files (`-wal`, `-shm`, `-journal`) and, for
-//! a directory, everything under it, are excluded. Uploading a database while writing it would never settle
-//! and would trigger itself forever.
+//! [`FilterConfig::own_paths`] names files the agent writes itself (its state database, its lock file, the
+//! embedded store) in case they live inside the watched tree. They are recognised by **identity**, not by
+//! path: an entry is the agent's own when its name is one of those files' names (or a companion: SQLite's
+//! `-wal`, `-shm`, `-journal`, the `.lock` and `.damaged` files, quarantined `.corrupt-*` / `.orphan-*`
+//! copies, the `.NAME.new-*` file a database is built in) *and* the directory holding it is the same
+//! directory (device and inode) as the one holding the agent's file. So the state directory is found
+//! however the tree reaches it (a symlinked `$HOME`, a bind mount), and a user's file that merely has the
+//! same name elsewhere is not touched. A directory that is the agent's own (the embedded store) excludes
+//! everything under it. Uploading a database while writing it would never settle and would trigger itself
+//! forever; uploading a lock file is noise.
+//!
+//! Names are compared first; the directory is looked at only for a name that matches, so the check costs
+//! nothing on the millions of other files.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -56,8 +65,11 @@ pub const DEFAULT_IGNORES: &[&str] = &[
     ".DS_Store",
 ];
 
-/// SQLite files that accompany a database (rollback journal, WAL, shared memory).
-const SQLITE_SIDE_FILES: &[&str] = &["-wal", "-shm", "-journal"];
+/// Files that accompany one of the agent's files: SQLite's rollback journal, WAL and shared memory, and the
+/// state module's lock file and damage marker.
+const SIDE_FILES: &[&str] = &["-wal", "-shm", "-journal", ".lock", ".damaged"];
+/// Prefixes (after the file's name) of copies the state module moves aside.
+const ASIDE_COPIES: &[&str] = &[".corrupt-", ".orphan-"];
 
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
@@ -65,8 +77,8 @@ pub struct FilterConfig {
     pub excludes: Vec<String>,
     /// Apply [`DEFAULT_IGNORES`].
     pub default_ignores: bool,
-    /// The agent's own files (absolute, or relative to the current directory); those inside the watched
-    /// root are excluded with their SQLite side files.
+    /// The agent's own files and directories (absolute, or relative to the current directory); wherever
+    /// the tree reaches them, they are excluded with their companions (see the module docs).
     pub own_paths: Vec<PathBuf>,
 }
 
@@ -93,8 +105,36 @@ pub struct Filter {
     any: GlobSet,
     /// Patterns (written with a trailing `/`) matching directories only.
     dirs: GlobSet,
-    /// The agent's own files, relative to the root.
-    own: Vec<PathBuf>,
+    /// The agent's own files.
+    own: Vec<OwnFile>,
+    /// The watched root, to look at the directory of an entry whose name matches an own file.
+    root: PathBuf,
+}
+
+/// One of the agent's own files: its name, and the (device, inode) of the directory that holds it.
+#[derive(Debug, Clone)]
+struct OwnFile {
+    name: Vec<u8>,
+    dir: (u64, u64),
+}
+
+impl OwnFile {
+    /// `name` is this file or one of its companions.
+    fn names(&self, name: &[u8]) -> bool {
+        let own = self.name.as_slice();
+        let Some(rest) = name.strip_prefix(own) else {
+            // `.NAME.new-PID`, where a fresh database is built before it is renamed into place.
+            return name.strip_prefix(b".").and_then(|r| r.strip_prefix(own)).is_some_and(|r| r.starts_with(b".new-"));
+        };
+        rest.is_empty()
+            || SIDE_FILES.iter().any(|s| rest == s.as_bytes())
+            || ASIDE_COPIES.iter().any(|s| rest.starts_with(s.as_bytes()))
+    }
+}
+
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Filter {
@@ -118,22 +158,23 @@ impl Filter {
             }
         }
         let bad = |source| FilterError::BadGlob { pattern: "(combined set)".into(), source };
-        let root_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
         let own = cfg
             .own_paths
             .iter()
             .filter_map(|p| {
                 let abs = std::path::absolute(p).ok()?;
-                let rel = abs.strip_prefix(&root_abs).ok()?;
-                (!rel.as_os_str().is_empty()).then(|| rel.to_path_buf())
+                // A file the agent has not created yet still has a directory that exists (the state
+                // directory is made before the filter); a path without one can never be in the tree.
+                let dir = dir_id(abs.parent()?)?;
+                Some(OwnFile { name: abs.file_name()?.as_bytes().to_vec(), dir })
             })
             .collect();
-        Ok(Filter { any: any.build().map_err(bad)?, dirs: dirs.build().map_err(bad)?, own })
+        Ok(Filter { any: any.build().map_err(bad)?, dirs: dirs.build().map_err(bad)?, own, root: root.to_path_buf() })
     }
 
     /// A filter that excludes nothing.
     pub fn none() -> Self {
-        Filter { any: GlobSet::empty(), dirs: GlobSet::empty(), own: Vec::new() }
+        Filter { any: GlobSet::empty(), dirs: GlobSet::empty(), own: Vec::new(), root: PathBuf::new() }
     }
 
     /// Whether the entry `rel` itself matches a rule (its ancestors are not looked at: the scanner has
@@ -154,20 +195,16 @@ impl Filter {
         ancestors.any(|a| self.excludes(a, true)) || self.excludes(rel, is_dir)
     }
 
+    /// `rel` itself is one of the agent's files (see the module docs): its name matches, and its directory
+    /// is the directory that holds that file.
     fn is_own(&self, rel: &Path) -> bool {
-        self.own.iter().any(|own| {
-            if rel.starts_with(own) {
-                return true;
-            }
-            // `state.db-wal` and friends: same parent, name = own name + suffix.
-            let (Some(name), Some(own_name)) = (rel.file_name(), own.file_name()) else { return false };
-            rel.parent() == own.parent()
-                && SQLITE_SIDE_FILES.iter().any(|suffix| {
-                    let mut side = own_name.as_bytes().to_vec();
-                    side.extend_from_slice(suffix.as_bytes());
-                    name.as_bytes() == side.as_slice()
-                })
-        })
+        let Some(name) = rel.file_name() else { return false };
+        let matching: Vec<&OwnFile> = self.own.iter().filter(|o| o.names(name.as_bytes())).collect();
+        if matching.is_empty() {
+            return false;
+        }
+        let parent = rel.parent().map(|p| self.root.join(p)).unwrap_or_else(|| self.root.clone());
+        dir_id(&parent).is_some_and(|id| matching.iter().any(|o| o.dir == id))
     }
 }
 
@@ -279,24 +316,45 @@ mod tests {
     }
 
     #[test]
-    fn own_files_and_their_sqlite_side_files_are_excluded() {
+    fn own_files_and_their_companions_are_excluded_by_the_identity_of_their_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        let state = real.join(".local/state/ossmirror");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(real.join("other")).unwrap();
+        // The tree reaches the state directory through a symlink (a symlinked $HOME): paths differ, the
+        // directory is the same.
+        let root = tmp.path().join("home");
+        std::os::unix::fs::symlink(&real, &root).unwrap();
         let cfg = FilterConfig {
             excludes: vec![],
             default_ignores: false,
-            own_paths: vec![PathBuf::from("/root/.ossmirror/state.db"), PathBuf::from("/elsewhere/x.db")],
+            own_paths: vec![state.join("b-d-1.db"), state.join("b-d-1.agent.lock"), state.join("b-d-1.store")],
         };
-        let f = Filter::new(Path::new("/root"), &cfg).unwrap();
-        assert!(f.excludes_path(Path::new(".ossmirror/state.db"), false));
-        assert!(f.excludes_path(Path::new(".ossmirror/state.db-wal"), false));
-        assert!(f.excludes_path(Path::new(".ossmirror/state.db-shm"), false));
-        assert!(f.excludes_path(Path::new(".ossmirror/state.db-journal"), false));
-        assert!(!f.excludes_path(Path::new(".ossmirror/state.db.bak"), false));
-        assert!(!f.excludes_path(Path::new(".ossmirror/other"), false));
-        assert!(!f.excludes_path(Path::new("x.db"), false), "own files outside the root do not matter");
-
-        let cfg = FilterConfig { own_paths: vec![PathBuf::from("/root/.state")], ..cfg };
-        let f = Filter::new(Path::new("/root"), &cfg).unwrap();
-        assert!(f.excludes_path(Path::new(".state/anything/below"), false));
+        let f = Filter::new(&real, &cfg).unwrap();
+        let at = |name: &str| PathBuf::from(".local/state/ossmirror").join(name);
+        for own in [
+            "b-d-1.db",
+            "b-d-1.db-wal",
+            "b-d-1.db-shm",
+            "b-d-1.db-journal",
+            "b-d-1.db.lock",
+            "b-d-1.db.damaged",
+            "b-d-1.db.corrupt-1700000000",
+            ".b-d-1.db.new-42",
+            "b-d-1.agent.lock",
+        ] {
+            assert!(f.excludes_path(&at(own), false), "{own} is the agent's");
+        }
+        assert!(f.excludes_path(&at("b-d-1.store/data/ab/blob"), false), "the embedded store's contents");
+        for kept in ["b-d-1.db.bak", "b-d-1.dbx", "notes.txt"] {
+            assert!(!f.excludes_path(&at(kept), false), "{kept} is not the agent's");
+        }
+        assert!(!f.excludes_path(Path::new("other/b-d-1.db"), false), "same name, another directory");
+        // Watched through the symlinked path, the same files are recognised.
+        let via_link = Filter::new(&root, &cfg).unwrap();
+        assert!(via_link.excludes_path(&at("b-d-1.db-wal"), false));
+        assert!(via_link.excludes_path(&at("b-d-1.db.lock"), false));
     }
 
     #[test]

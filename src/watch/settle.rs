@@ -97,8 +97,13 @@ impl FsProbe {
 
 impl Probe for FsProbe {
     fn observe(&self, rel: &Path) -> Observation {
-        let path = self.guard.path().join(rel);
-        let md = if self.follow_symlinks { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) };
+        // Without --follow-symlinks, a path is looked at beneath the root with no symlink on the way: below a
+        // directory that became a symlink, nothing of the tree is there any more (ELOOP counts as absent).
+        let md = if self.follow_symlinks {
+            std::fs::metadata(self.guard.path().join(rel))
+        } else {
+            crate::beneath::symlink_metadata(self.guard.path(), rel)
+        };
         match md {
             Ok(md) => {
                 let ft = md.file_type();
@@ -116,7 +121,7 @@ impl Probe for FsProbe {
                     Observation::Other("device")
                 }
             }
-            Err(e) if is_absent(&e) => Observation::Missing,
+            Err(e) if is_absent(&e) || (!self.follow_symlinks && crate::beneath::is_gone(&e)) => Observation::Missing,
             Err(e) => Observation::Unreadable(e.to_string()),
         }
     }
