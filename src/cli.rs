@@ -195,6 +195,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION")]
     pub rescan_interval: Option<HumanDuration>,
 
+    /// How often the bucket is listed and compared with the index, so objects deleted or changed behind
+    /// the agent's back are uploaded again [default: 24h; 0 turns the periodic check off; it still runs at
+    /// start].
+    #[arg(long, value_name = "DURATION")]
+    pub remote_check_interval: Option<HumanDuration>,
+
     /// Upload everything pending, wait until converged, then exit.
     #[arg(long)]
     pub once: bool,

@@ -79,6 +79,7 @@ pub struct FileConfig {
     pub orphan_age: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub rescan_interval: Option<String>,
+    pub remote_check_interval: Option<String>,
     pub log_format: Option<String>,
     pub metrics_listen: Option<String>,
 }
@@ -304,6 +305,8 @@ pub struct AgentSettings {
     pub orphan_age: Duration,
     pub shutdown_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Zero: no periodic remote check (the one at start still runs).
+    pub remote_check_interval: Duration,
     pub once: bool,
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
@@ -398,6 +401,12 @@ impl AgentSettings {
                 flags.rescan_interval,
                 &file.rescan_interval,
                 Duration::from_secs(3600),
+            )?,
+            remote_check_interval: dur(
+                "remote_check_interval",
+                flags.remote_check_interval,
+                &file.remote_check_interval,
+                Duration::from_secs(24 * 3600),
             )?,
             once: flags.once,
             log_format,

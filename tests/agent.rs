@@ -162,8 +162,13 @@ fn live_changes_are_mirrored() {
     m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
     assert_exit(agent.terminate(), 0, &agent);
 
-    // With --delete, deleting a file or a directory deletes the objects.
+    // With --delete the mirror is exact: the check of the remote at start finds the objects kept while
+    // --delete was off (the index forgot them with their files) and, their files being gone, deletes them.
+    // Then deleting a file or a directory deletes the objects.
     let agent = start_scanned(agent.arg("--delete"));
+    m.wait_mirrored(&agent);
+    assert!(agent.log().contains("deleted an object the index did not know"), "{}", agent.log());
+    kept.clear();
     std::fs::remove_file(root.join("new/m1.txt")).unwrap();
     m.wait_remote(&agent, &with_kept(local_tree(root), &kept));
     std::fs::remove_dir_all(root.join("dir2")).unwrap();

@@ -256,8 +256,12 @@ class Bench:
         self.make_tree("d", n, 0)
         t0 = time.monotonic()
         example = target_dir() / PROFILE / "examples" / "bench_index"
-        subprocess.run([str(example), str(self.work / "d.db"), str(self.work / "d"), BUCKET, "d/"], check=True,
-                       env=self.env)
+        # The remote the agent will bind the database to (agent::setup::remote_identity): an index that
+        # names no remote, or another one, is re-proven from scratch by the agent.
+        host, port = self.endpoint.split("://", 1)[1].split(":")
+        remote = f"oss http://{host}:{port} bucket={BUCKET} prefix=d/"
+        subprocess.run([str(example), str(self.work / "d.db"), str(self.work / "d"), BUCKET, "d/", remote],
+                       check=True, env=self.env)
         log(f"  index of {n:,} synced rows written by bench_index in {time.monotonic() - t0:.1f} s; "
             f"database {os.path.getsize(self.work / 'd.db') / 1e6:.0f} MB")
         once = self.run_once("d")

@@ -23,8 +23,9 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
-use super::local::{LocalHashes, hash_file};
+use super::local::{LocalHashes, hash_file, open_in_tree};
 use super::metrics::{self, Metrics};
+use super::remote_check::{FindingKind, RemoteFinding, etag_eq};
 use crate::engine::{Engine, EngineError, PartPlan, UploadSpec};
 use crate::remote::{ByteRange, CompletedPart, ErrorKind, ObjectOptions, Remote, RemoteError};
 use crate::snapshot::FileSnapshot;
@@ -55,6 +56,9 @@ pub struct Ctx {
     pub graceful: CancellationToken,
     /// Look for existing objects before uploading files the index does not know (fresh index).
     pub adopt: AtomicBool,
+    /// Set by a job that found the remote not holding an object the index promised (a copy source gone):
+    /// the agent then checks the whole prefix.
+    pub remote_surprise: AtomicBool,
     pub part_size: u64,
     pub multipart_threshold: u64,
 }
@@ -86,11 +90,13 @@ pub struct JobError {
     pub message: String,
     /// The remote refused our credentials or the bucket: worth saying loudly, all files are affected.
     pub remote_kind: Option<ErrorKind>,
+    /// The service's error code (`NoSuchBucket`, ...), when the remote answered with one.
+    pub remote_code: Option<String>,
 }
 
 impl JobError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        JobError { message: message.into(), remote_kind: None }
+        JobError { message: message.into(), remote_kind: None, remote_code: None }
     }
 }
 
@@ -102,15 +108,34 @@ impl From<StateError> for JobError {
 
 impl From<RemoteError> for JobError {
     fn from(e: RemoteError) -> Self {
-        JobError { remote_kind: Some(e.kind()), message: e.to_string() }
+        JobError { remote_kind: Some(e.kind()), remote_code: e.code().map(str::to_string), message: e.to_string() }
     }
 }
 
 impl From<EngineError> for JobError {
     fn from(e: EngineError) -> Self {
         let remote_kind = e.remote().map(RemoteError::kind);
-        JobError { message: e.to_string(), remote_kind }
+        let remote_code = e.remote().and_then(RemoteError::code).map(str::to_string);
+        JobError { message: e.to_string(), remote_kind, remote_code }
     }
+}
+
+/// `lstat` of `rel` as the tree sees it: resolved beneath the root with no symbolic link in any component
+/// (a directory replaced by a link puts everything below it outside the tree), or, with `--follow-symlinks`,
+/// a plain `stat` that follows links.
+pub(crate) fn tree_stat(root: &Path, rel: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
+    if follow_symlinks {
+        std::fs::metadata(if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) })
+    } else {
+        crate::beneath::symlink_metadata(root, rel)
+    }
+}
+
+/// Nothing of the tree is at the path: absent, below something that is not a directory (ENOTDIR), or below
+/// a directory that became a symbolic link (ELOOP, when links are not followed). A path that cannot be read
+/// proves nothing and is not gone.
+pub(crate) fn is_gone(e: &std::io::Error) -> bool {
+    crate::beneath::is_gone(e)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, JobError> {
@@ -142,24 +167,20 @@ impl Ctx {
     /// symbolic link when links are not followed), so its object is stale. A path that cannot be read is not
     /// proof of anything and counts as present.
     pub fn file_is_gone(&self, rel: &Path) -> bool {
-        let path = self.path_of(rel);
-        let meta = if self.follow_symlinks { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) };
-        match meta {
+        match tree_stat(&self.root, rel, self.follow_symlinks) {
             Ok(m) => !m.is_file(),
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Err(e) => is_gone(&e),
         }
     }
 
+    /// What is at `rel` as the tree sees it; `None` when nothing of the tree is there any more (see
+    /// [`tree_stat`]).
     async fn stat(&self, rel: &Path) -> Result<Option<std::fs::Metadata>, JobError> {
-        let path = self.path_of(rel);
-        let follow = self.follow_symlinks;
-        blocking(move || if follow { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) })
+        let (root, owned, follow) = (self.root.clone(), rel.to_path_buf(), self.follow_symlinks);
+        blocking(move || tree_stat(&root, &owned, follow))
             .await?
             .map(Some)
-            .or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(None),
-                _ => Err(JobError::new(format!("{}: {e}", escape_path(rel)))),
-            })
+            .or_else(|e| if is_gone(&e) { Ok(None) } else { Err(JobError::new(format!("{}: {e}", escape_path(rel)))) })
     }
 
     /// Hash the file if it still has the snapshot `expected`. The hashes are recorded against that snapshot
@@ -170,11 +191,15 @@ impl Ctx {
         if !racy.is_zero() {
             tokio::time::sleep(racy).await;
         }
-        let path = self.path_of(rel);
+        let (root, owned, follow) = (self.root.clone(), rel.to_path_buf(), self.follow_symlinks);
         let escaped = escape_path(rel);
-        blocking(move || hash_file(&path, part_size, &expected))
-            .await?
-            .map_err(|e| JobError::new(format!("reading {escaped}: {e}")))
+        let hashed = blocking(move || match open_in_tree(&root, &owned, follow) {
+            Ok(file) => hash_file(&file, part_size, &expected),
+            // Gone, or moved out of the tree: not the file we were told about.
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        });
+        hashed.await?.map_err(|e| JobError::new(format!("reading {escaped}: {e}")))
     }
 
     fn record(
@@ -206,8 +231,18 @@ impl Ctx {
         metrics::add(&self.metrics.bytes_synced, size);
     }
 
-    /// Bring `key` in line with the local file `rel`.
-    pub async fn sync(&self, rel: &Path, key: &str, renamed_from: Option<&Path>) -> Result<Outcome, JobError> {
+    /// Bring `key` in line with the local file `rel`. With a `finding` of the remote check, the index row is
+    /// first made to agree with the remote: forgotten if the object is really missing or different.
+    pub async fn sync(
+        &self,
+        rel: &Path,
+        key: &str,
+        renamed_from: Option<&Path>,
+        finding: Option<RemoteFinding>,
+    ) -> Result<Outcome, JobError> {
+        if let Some(finding) = finding {
+            self.settle_finding(key, finding).await?;
+        }
         let Some(meta) = self.stat(rel).await? else { return Ok(Outcome::Vanished) };
         if !meta.is_file() {
             tracing::info!(path = %escape_path(rel), "not a regular file any more; skipped");
@@ -235,6 +270,10 @@ impl Ctx {
                 Ok(true) => return Ok(Outcome::Copied),
                 Ok(false) => {}
                 Err(e) => {
+                    if e.remote_code.as_deref() == Some("NoSuchKey") {
+                        // The index promised that object: others it promised may be gone too.
+                        self.remote_surprise.store(true, Ordering::Relaxed);
+                    }
                     tracing::info!(path = %escape_path(rel), %key, source = %source.key, error = %e, "server-side copy did not work out; uploading instead")
                 }
             }
@@ -259,6 +298,65 @@ impl Ctx {
             Err(EngineError::NotRegular { .. }) => Ok(Outcome::NotAFile),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Make the index agree with what the remote check found for `key`. A row synced before the listing
+    /// began and unchanged since is wrong for sure when the object was missing or of another size; anything
+    /// else (a newer row, another ETag only) is looked at again, and the object's size and CRC-64 decide.
+    async fn settle_finding(&self, key: &str, finding: RemoteFinding) -> Result<(), JobError> {
+        let Some(row) = self.state.synced(&self.bucket, key)? else { return Ok(()) };
+        let certain = finding.kind != FindingKind::OtherEtag && row.synced_at < finding.listed_after;
+        if !certain {
+            match self.remote.head_object(&self.bucket, key).await? {
+                Some(info)
+                    if info.size == row.size && (info.crc64 == Some(row.crc64) || etag_eq(&info.etag, &row.etag)) =>
+                {
+                    tracing::debug!(%key, "remote check: the object is fine after all");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        tracing::warn!(%key, finding = ?finding.kind, "the object the index recorded is missing or was changed on the remote: uploading the file again");
+        self.state.forget_synced(&self.bucket, key)?;
+        Ok(())
+    }
+
+    /// `--delete`: delete an object the index does not know, found by the remote check with no file at its
+    /// local path, if that is still so (the path is looked at again, the index too: a file may have been
+    /// created and uploaded since).
+    pub async fn delete_stray(&self, rel: &Path, key: &str) -> Result<Outcome, JobError> {
+        if self.state.synced(&self.bucket, key)?.is_some() || self.stat(rel).await?.is_some_and(|m| m.is_file()) {
+            return Ok(Outcome::Removed { forgotten: 0, deleted: 0 });
+        }
+        if !self.root_is_ours() {
+            tracing::warn!(path = %escape_path(rel), "the watched directory is missing or was replaced; not deleting");
+            return Ok(Outcome::Held);
+        }
+        self.remote.delete_object(&self.bucket, key).await?;
+        metrics::inc(&self.metrics.objects_deleted);
+        tracing::info!(%key, "deleted an object the index did not know and no local file stands for (--delete)");
+        Ok(Outcome::Removed { forgotten: 0, deleted: 1 })
+    }
+
+    /// Other indexed names of the file at `rel` (hard links: same device and inode) whose record no longer
+    /// matches the file: a write through one name changes the content of all of them, but the kernel reports
+    /// it only for the name that was written, so these are synced again (as server-side copies of this one).
+    pub async fn stale_hard_links(&self, rel: &Path, key: &str) -> Result<Vec<(PathBuf, String)>, JobError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(meta) = self.stat(rel).await? else { return Ok(Vec::new()) };
+        if !meta.is_file() || meta.nlink() < 2 {
+            return Ok(Vec::new());
+        }
+        let now = FileSnapshot::from_metadata(&meta);
+        let (state, bucket, key, prefix) =
+            (self.state.clone(), self.bucket.clone(), key.to_string(), self.prefix.clone());
+        let rows = blocking(move || state.synced_by_inode(now.dev, now.inode, 64)).await??;
+        Ok(rows
+            .into_iter()
+            .filter(|s| s.bucket == bucket && s.key != key && s.snapshot != now)
+            .filter_map(|s| rel_path_of_key(&prefix, &s.key).map(|rel| (rel, s.key)))
+            .collect())
     }
 
     /// An index row for the same bytes under another key: same inode, size and mtime (a rename keeps them;
@@ -314,7 +412,20 @@ impl Ctx {
         self.record(rel, key, &local, info.etag, source.part_size)?;
         metrics::inc(&self.metrics.files_copied);
         self.count_synced(snapshot.size);
-        tracing::info!(path = %escape_path(rel), %key, from = %source.key, "renamed: copied server-side instead of uploading");
+        // The source's own path still holding this very file means another name of it, not a rename.
+        let (root, from_rel, follow) =
+            (self.root.clone(), rel_path_of_key(&self.prefix, &source.key), self.follow_symlinks);
+        let linked = match from_rel {
+            Some(from) => blocking(move || tree_stat(&root, &from, follow))
+                .await?
+                .is_ok_and(|m| FileSnapshot::from_metadata(&m).same_file(&snapshot)),
+            None => false,
+        };
+        if linked {
+            tracing::info!(path = %escape_path(rel), %key, from = %source.key, "hard link of an uploaded file: copied server-side instead of uploading");
+        } else {
+            tracing::info!(path = %escape_path(rel), %key, from = %source.key, "renamed: copied server-side instead of uploading");
+        }
         Ok(true)
     }
 

@@ -30,6 +30,15 @@ pub struct Metrics {
     pub uploads_in_flight: AtomicU64,
     pub root_missing: AtomicU64,
     pub remote_reachable: AtomicU64,
+    /// Paths that can never be mirrored (names that cannot be keys, paths over PATH_MAX).
+    pub unmirrorable_paths: AtomicU64,
+    /// The remote check (`agent::remote_check`): when it last finished, what it listed and found.
+    pub remote_check_timestamp: AtomicU64,
+    pub remote_check_objects: AtomicU64,
+    pub remote_check_differences: AtomicU64,
+    pub remote_unknown_objects: AtomicU64,
+    /// 1 while the bucket does not exist.
+    pub bucket_missing: AtomicU64,
     // Copied from the engine's counters on every tick.
     pub bytes_uploaded: AtomicU64,
     pub parts_uploaded: AtomicU64,
@@ -52,7 +61,7 @@ pub fn set(gauge: &AtomicU64, n: u64) {
 impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
+        let rows: &[(&str, &str, &str, &AtomicU64)] = &[
             (
                 "ossmirror_files_synced_total",
                 "counter",
@@ -120,9 +129,40 @@ impl Metrics {
                 "1 when the last request to the remote succeeded.",
                 &self.remote_reachable,
             ),
+            (
+                "ossmirror_unmirrorable_paths",
+                "gauge",
+                "Paths that can never be mirrored (names that cannot be object keys, paths too long to open).",
+                &self.unmirrorable_paths,
+            ),
+            (
+                "ossmirror_remote_check_timestamp_seconds",
+                "gauge",
+                "When the last check of the remote against the index finished (Unix time; 0: not yet).",
+                &self.remote_check_timestamp,
+            ),
+            (
+                "ossmirror_remote_check_objects",
+                "gauge",
+                "Objects the last remote check listed.",
+                &self.remote_check_objects,
+            ),
+            (
+                "ossmirror_remote_check_differences",
+                "gauge",
+                "Indexed files the last remote check found missing or changed on the remote (queued again).",
+                &self.remote_check_differences,
+            ),
+            (
+                "ossmirror_remote_unknown_objects",
+                "gauge",
+                "Objects under the prefix the index does not know, as of the last remote check.",
+                &self.remote_unknown_objects,
+            ),
+            ("ossmirror_bucket_missing", "gauge", "1 while the bucket does not exist.", &self.bucket_missing),
         ];
         let mut out = String::with_capacity(4096);
-        for (name, kind, help, value) in rows {
+        for &(name, kind, help, value) in rows {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
         }
@@ -180,7 +220,10 @@ mod tests {
         add(&m.bytes_synced, 42);
         let text = m.render();
         assert!(text.contains("ossmirror_bytes_synced_total 42"));
-        assert_eq!(text.matches("# TYPE").count(), 17);
+        assert_eq!(text.matches("# TYPE").count(), 23);
+        let names: std::collections::HashSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        assert_eq!(names.len(), 23, "no metric is listed twice");
         assert!(text.contains("# TYPE ossmirror_queue_depth gauge"));
     }
 }

@@ -17,6 +17,7 @@ pub mod actions;
 pub mod local;
 pub mod metrics;
 pub mod reconcile;
+pub mod remote_check;
 pub mod scheduler;
 pub mod setup;
 
@@ -40,6 +41,7 @@ use crate::watch::{Filter, FilterConfig, Watch, WatchConfig, WatchError, WatchEv
 use actions::{Ctx, INVALID_NAME_BUCKET, JobError, Outcome};
 use metrics::Metrics;
 use reconcile::Request;
+use remote_check::{CheckReport, CheckRequest};
 use scheduler::{Finish, Job, Scheduler};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,12 @@ pub struct AgentInfo {
     pub root_missing: bool,
     pub polling_fallback: bool,
     pub remote_error: Option<String>,
+    /// The bucket does not exist (an error state: nothing can be synced).
+    #[serde(default)]
+    pub bucket_missing: bool,
+    /// The last check of the remote against the index.
+    #[serde(default)]
+    pub remote_check: Option<CheckReport>,
 }
 
 /// How a run ended.
@@ -115,9 +123,13 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         Some(p) => p.clone(),
         None => setup::default_state_db(&settings, &ProcessEnv),
     };
-    let _lock = setup::lock(&state_path)?;
+    let agent_lock = setup::lock(&state_path)?;
     let (state, open_report) = setup::open_state(&state_path).await?;
     tracing::info!(state_db = %state_path.display(), "state database open");
+    // The index describes one remote; opened against another (or written by a build that did not say),
+    // nothing in it is trusted before it is proven here again.
+    let embedded_root = settings.remote.endpoint.is_none().then(|| setup::embedded_root(&state_path));
+    setup::bind_remote(&state, setup::remote_identity(&settings, embedded_root.as_deref())).await?;
 
     // `--bwlimit`: one bucket for every upload of this agent, whatever --jobs and --threads are.
     let throttle = settings.bwlimit.map(|rate| Arc::new(crate::remote::Throttle::new(rate)));
@@ -155,7 +167,8 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         Some(has) => has,
         None => return Ok(RunReport::default()),
     };
-    let mut own_paths = vec![state_path.clone()];
+    // Recognised by the identity of their directory, however the tree reaches them (see watch::filter).
+    let mut own_paths = vec![state_path.clone(), agent_lock.path.clone()];
     own_paths.extend(embedded.as_ref().map(|e| e.root.clone()));
     let filter_config =
         FilterConfig { excludes: settings.exclude.clone(), default_ignores: settings.default_excludes, own_paths };
@@ -187,6 +200,9 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         multipart_threshold: settings.part_size,
         // A global cap on parts in flight across files: bounds connections and memory whatever --jobs is.
         global_parts_in_flight: Some(Arc::new(tokio::sync::Semaphore::new(threads * 2))),
+        // Nothing outside the watched tree is ever read: no symlink in any component, unless asked.
+        follow_symlinks: settings.follow_symlinks,
+        confine_to: Some(root.clone()),
         ..EngineConfig::default()
     };
     let engine =
@@ -206,6 +222,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         metrics: metrics.clone(),
         graceful: graceful.clone(),
         adopt: AtomicBool::new(adopt),
+        remote_surprise: AtomicBool::new(false),
         part_size: settings.part_size,
         multipart_threshold: settings.part_size,
     });
@@ -226,6 +243,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         ..WatchConfig::new(&root)
     };
     let (watch, events) = Watch::start(watch_config).await.map_err(|e| watch_error(&root, e))?;
+    let check_filter = watch.scanner().filter().clone();
 
     let mut agent = Loop {
         ctx,
@@ -238,7 +256,18 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         scan_tasks: HashMap::new(),
         scanning: HashSet::new(),
         initial_scan_done: false,
+        check: RemoteCheck {
+            filter: check_filter,
+            running: false,
+            first_done: false,
+            next_at: None,
+            wanted: false,
+            last_started: None,
+            failures: 0,
+            tasks: JoinSet::new(),
+        },
         failed: Vec::new(),
+        unmirrorable: HashSet::new(),
         info,
         last_publish: Instant::now(),
         last_remote_alarm: None,
@@ -365,7 +394,14 @@ fn publish(state: &StateDb, info: &mut AgentInfo) {
     }
 }
 
-type JobResult = (String, PathBuf, Result<Outcome, JobError>);
+/// What a job task hands back to the loop.
+struct JobResult {
+    key: String,
+    rel: PathBuf,
+    result: Result<Outcome, JobError>,
+    /// Other keys to sync because of this one (the other names of a hard-linked file).
+    also_sync: Vec<(PathBuf, String)>,
+}
 
 struct Loop {
     ctx: Arc<Ctx>,
@@ -381,15 +417,42 @@ struct Loop {
     /// Subtrees being scanned (a repeated request for one is dropped).
     scanning: HashSet<PathBuf>,
     initial_scan_done: bool,
+    check: RemoteCheck,
     failed: Vec<String>,
+    /// Paths that cannot be mirrored (bad names, impossible paths), reported once each.
+    unmirrorable: HashSet<PathBuf>,
     info: AgentInfo,
     last_publish: Instant,
     last_remote_alarm: Option<Instant>,
 }
 
+/// The remote check's place in the loop (see `remote_check`).
+struct RemoteCheck {
+    filter: Arc<crate::watch::Filter>,
+    running: bool,
+    /// The check at start has finished (`--once` waits for it).
+    first_done: bool,
+    /// When the next one is due (periodic, or sooner after an error or a missing bucket).
+    next_at: Option<Instant>,
+    /// Asked for by a surprise (a job met a missing object or bucket).
+    wanted: bool,
+    last_started: Option<Instant>,
+    /// Failed attempts in a row (`--once` gives up after a few).
+    failures: u32,
+    tasks: JoinSet<()>,
+}
+
+/// How soon a check follows another one that was asked for by a surprise, or that failed.
+const CHECK_RETRY: Duration = Duration::from_secs(60);
+/// `--once`: failed checks tried again this soon, this many times.
+const ONCE_CHECK_RETRY: Duration = Duration::from_secs(2);
+const ONCE_CHECK_ATTEMPTS: u32 = 3;
+
 impl Loop {
     async fn run(&mut self, mut events: mpsc::Receiver<WatchEvent>, shutdown: &CancellationToken) -> RunReport {
         let (requests_tx, mut requests) = mpsc::channel::<Request>(4096);
+        let (checks_tx, mut checks) = mpsc::channel::<CheckRequest>(4096);
+        self.start_check(&checks_tx);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -412,10 +475,24 @@ impl Loop {
                     }
                 },
                 Some(request) = requests.recv() => self.on_request(request),
+                Some(request) = checks.recv() => self.on_check(request),
+                Some(done) = self.check.tasks.join_next(), if !self.check.tasks.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "the remote check task failed; this is a bug, please report it");
+                        self.on_check(CheckRequest::Finished(CheckReport {
+                            error: Some(format!("internal error: {e}")),
+                            ..CheckReport::default()
+                        }));
+                    }
+                }
                 Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => match done {
-                    Ok((id, (key, rel, result))) => {
+                    Ok((id, JobResult { key, rel, result, also_sync })) => {
                         self.job_tasks.remove(&id);
                         self.on_done(key, rel, result);
+                        for (rel, key) in also_sync {
+                            tracing::info!(path = %escape_path(&rel), %key, "another name of a changed file (hard link): syncing it too");
+                            self.sched.request(key, Job::sync(rel));
+                        }
                     }
                     Err(e) => self.on_job_panic(e),
                 },
@@ -426,7 +503,10 @@ impl Loop {
                     Err(e) => self.on_scan_panic(e),
                 },
                 _ = sleep_until(next_due), if next_due.is_some() => self.sched.promote_due(Instant::now()),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    self.maybe_start_check(&checks_tx);
+                }
             }
         }
         RunReport { failed: std::mem::take(&mut self.failed) }
@@ -436,6 +516,9 @@ impl Loop {
     /// `pending` is read first.
     fn converged(&self, events: &mpsc::Receiver<WatchEvent>) -> bool {
         self.initial_scan_done
+            && self.check.first_done
+            && !self.check.running
+            && !self.check.wanted
             && self.scanning.is_empty()
             && self.sched.is_empty()
             && self.jobs.is_empty()
@@ -446,19 +529,29 @@ impl Loop {
     fn dispatch(&mut self) {
         while let Some((key, job, _attempts)) = self.sched.next_ready() {
             let ctx = self.ctx.clone();
-            let rel = match &job {
-                Job::Sync { rel, .. } | Job::Remove { rel } => rel.clone(),
-            };
+            let rel = job.rel().clone();
             let task_key = key.clone();
             let handle = self.jobs.spawn(async move {
                 match job {
-                    Job::Sync { rel, renamed_from } => {
-                        let result = ctx.sync(&rel, &key, renamed_from.as_deref()).await;
-                        (key, rel, result)
+                    Job::Sync { rel, renamed_from, finding } => {
+                        let result = ctx.sync(&rel, &key, renamed_from.as_deref(), finding).await;
+                        // Hard links: the other names of this file hold what it held before.
+                        let links = match &result {
+                            Ok(Outcome::Vanished | Outcome::NotAFile) | Err(_) => Vec::new(),
+                            Ok(_) => ctx.stale_hard_links(&rel, &key).await.unwrap_or_else(|e| {
+                                tracing::warn!(path = %escape_path(&rel), error = %e, "could not look for other names of this file");
+                                Vec::new()
+                            }),
+                        };
+                        JobResult { key, rel, result, also_sync: links }
                     }
                     Job::Remove { rel } => {
                         let result = ctx.remove(&rel).await;
-                        (key, rel, result)
+                        JobResult { key, rel, result, also_sync: Vec::new() }
+                    }
+                    Job::DeleteStray { rel } => {
+                        let result = ctx.delete_stray(&rel, &key).await;
+                        JobResult { key, rel, result, also_sync: Vec::new() }
                     }
                 }
             });
@@ -514,10 +607,16 @@ impl Loop {
 
     /// A file that cannot be uploaded under its name is not synced: reported, and under `--once` a failure
     /// of the run (a backup that silently left a file out would be worse than one that says so).
+    /// Each such path is logged and recorded once per run (every periodic rescan finds it again), and
+    /// counted in the `unmirrorable_paths` metric.
     fn report_bad_name(&mut self, rel: &Path, error: &str) {
-        tracing::warn!(path = %escape_path(rel), %error, "this file cannot be uploaded under its name; rename it");
-        let path = self.ctx.path_of(rel);
         let escaped = escape_path(rel);
+        if !self.unmirrorable.insert(rel.to_path_buf()) {
+            return;
+        }
+        tracing::warn!(path = %escaped, %error, "this file cannot be uploaded under its name or path; rename it (it is skipped until then)");
+        metrics::set(&self.ctx.metrics.unmirrorable_paths, self.unmirrorable.len() as u64);
+        let path = self.ctx.path_of(rel);
         let _ = self.ctx.state.mark_failed(&path, INVALID_NAME_BUCKET, &escaped, error, None);
         if self.settings.once && !self.failed.contains(&escaped) {
             self.failed.push(escaped);
@@ -532,7 +631,7 @@ impl Loop {
             }
             WatchEvent::Stable { rel, renamed_from, .. } => {
                 if let Some(key) = self.key_of(&rel) {
-                    self.sched.request(key, Job::Sync { rel, renamed_from });
+                    self.sched.request(key, Job::Sync { rel, renamed_from, finding: None });
                 }
             }
             WatchEvent::Removed { rel } => {
@@ -570,7 +669,7 @@ impl Loop {
     fn on_request(&mut self, request: Request) {
         match request {
             Request::Sync { rel, key } => {
-                self.sched.request(key, Job::Sync { rel, renamed_from: None });
+                self.sched.request(key, Job::sync(rel));
             }
             Request::Settle { rel } => self.watch.settle(rel),
             Request::Remove { rel, key } => {
@@ -599,6 +698,10 @@ impl Loop {
             }
             Err(e) => {
                 metrics::inc(&self.ctx.metrics.errors);
+                if matches!(e.remote_code.as_deref(), Some("NoSuchBucket" | "NoSuchKey")) {
+                    // The remote is not what the index says: look at all of it.
+                    self.check.wanted = true;
+                }
                 let attempts = self.sched.attempts(&key) + 1;
                 if self.settings.once && attempts >= ONCE_ATTEMPTS {
                     tracing::error!(path = %escape_path(&rel), %key, error = %e, attempts, "giving up on this file for this run");
@@ -643,6 +746,98 @@ impl Loop {
             self.info.initial_scan_done = self.initial_scan_done;
             publish(&self.ctx.state, &mut self.info);
         }
+    }
+}
+
+impl Loop {
+    fn start_check(&mut self, tx: &mpsc::Sender<CheckRequest>) {
+        if self.check.running {
+            return;
+        }
+        self.check.running = true;
+        self.check.wanted = false;
+        self.check.next_at = None;
+        self.check.last_started = Some(Instant::now());
+        let (ctx, filter, tx) = (self.ctx.clone(), self.check.filter.clone(), tx.clone());
+        self.check.tasks.spawn(remote_check::run(ctx, filter, tx));
+    }
+
+    /// Start a check when one is due: periodic, retried, or asked for by a surprise (at most once a minute).
+    fn maybe_start_check(&mut self, tx: &mpsc::Sender<CheckRequest>) {
+        if self.check.running {
+            return;
+        }
+        if self.ctx.remote_surprise.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.check.wanted = true;
+        }
+        let now = Instant::now();
+        let due = self.check.next_at.is_some_and(|at| at <= now);
+        let surprise_ok =
+            self.settings.once || self.check.last_started.is_none_or(|t| now.duration_since(t) >= CHECK_RETRY);
+        if due || (self.check.wanted && surprise_ok) {
+            self.start_check(tx);
+        }
+    }
+
+    fn on_check(&mut self, request: CheckRequest) {
+        match request {
+            CheckRequest::Resync { rel, key, finding } => {
+                self.sched.request(key, Job::Sync { rel, renamed_from: None, finding: Some(finding) });
+            }
+            CheckRequest::DeleteStray { rel, key } => {
+                self.sched.request(key, Job::DeleteStray { rel });
+            }
+            CheckRequest::Finished(report) => self.on_check_finished(report),
+        }
+    }
+
+    fn on_check_finished(&mut self, report: CheckReport) {
+        let m = &self.ctx.metrics;
+        self.check.running = false;
+        let now = Instant::now();
+        let failed = report.error.is_some() || report.bucket_missing;
+        metrics::set(&m.bucket_missing, u64::from(report.bucket_missing));
+        if report.bucket_missing {
+            self.info.remote_error =
+                Some(format!("the bucket {} does not exist (checked again every minute)", self.ctx.bucket));
+        } else if self.info.bucket_missing {
+            tracing::info!(bucket = %self.ctx.bucket, "the bucket is back");
+            self.info.remote_error = None;
+        }
+        self.info.bucket_missing = report.bucket_missing;
+        if failed {
+            self.check.failures += 1;
+            let give_up = self.settings.once && (report.bucket_missing || self.check.failures >= ONCE_CHECK_ATTEMPTS);
+            if give_up {
+                let why = match &report.error {
+                    _ if report.bucket_missing => format!("the bucket {} does not exist", self.ctx.bucket),
+                    Some(e) => format!("the remote check failed: {e}"),
+                    None => "the remote check failed".to_string(),
+                };
+                self.failed.push(why);
+                self.check.first_done = true;
+            } else {
+                let delay = if self.settings.once { ONCE_CHECK_RETRY * self.check.failures } else { CHECK_RETRY };
+                self.check.next_at = Some(now + delay);
+            }
+        } else {
+            self.check.failures = 0;
+            self.check.first_done = true;
+            let interval = self.settings.remote_check_interval;
+            self.check.next_at = (!interval.is_zero() && !self.settings.once).then(|| now + interval);
+            metrics::set(&m.remote_check_timestamp, report.finished_at);
+            metrics::set(&m.remote_check_objects, report.objects);
+            metrics::set(&m.remote_check_differences, report.differences());
+            metrics::set(&m.remote_unknown_objects, report.unknown);
+        }
+        // A failed check keeps the last good one on show, with the error beside it.
+        if !failed || self.info.remote_check.is_none() {
+            self.info.remote_check = Some(report);
+        } else if let Some(last) = &mut self.info.remote_check {
+            last.error = report.error.clone();
+            last.bucket_missing = report.bucket_missing;
+        }
+        publish(&self.ctx.state, &mut self.info);
     }
 }
 

@@ -108,6 +108,12 @@ async fn scan(ctx: &Ctx, scanner: &Scanner, settle: Duration, subtree: PathBuf, 
             ScanItem::Problem { rel, error } => {
                 tracing::warn!(path = %escape_path(&rel), %error, "could not read; will retry at the next scan");
             }
+            // Reported like a name that cannot be a key: in status and the --once summary, once per run.
+            ScanItem::Impossible { rel, error } => {
+                if tx.send(Request::BadName { rel, error }).await.is_err() {
+                    return summary;
+                }
+            }
             ScanItem::Done(report) => {
                 summary.complete = report.complete;
                 if !report.complete {

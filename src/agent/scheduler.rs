@@ -20,15 +20,45 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::remote_check::RemoteFinding;
+
 use tokio::time::Instant;
 
 /// What to do for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
     /// Bring the object in line with the local file (upload, copy, adopt, or nothing if already synced).
-    Sync { rel: PathBuf, renamed_from: Option<PathBuf> },
+    /// `finding`: the remote check saw the object missing or changed, so the index row is not to be trusted
+    /// as it stands (a later request for the same key keeps it: new local news does not make the remote
+    /// whole again).
+    Sync { rel: PathBuf, renamed_from: Option<PathBuf>, finding: Option<RemoteFinding> },
     /// The local path (and everything under it) is gone: forget it, delete the objects if `--delete`.
     Remove { rel: PathBuf },
+    /// `--delete`: an object the index does not know, whose local path held no file when the remote check
+    /// listed it: delete it if that is still so.
+    DeleteStray { rel: PathBuf },
+}
+
+impl Job {
+    pub fn sync(rel: PathBuf) -> Job {
+        Job::Sync { rel, renamed_from: None, finding: None }
+    }
+
+    pub fn rel(&self) -> &PathBuf {
+        match self {
+            Job::Sync { rel, .. } | Job::Remove { rel } | Job::DeleteStray { rel } => rel,
+        }
+    }
+
+    /// `self` replaced by the newer request `next` (the latest wins, but a remote finding is kept).
+    fn superseded_by(&self, next: Job) -> Job {
+        match (self, next) {
+            (Job::Sync { finding: Some(f), .. }, Job::Sync { rel, renamed_from, finding: None }) => {
+                Job::Sync { rel, renamed_from, finding: Some(*f) }
+            }
+            (_, next) => next,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +71,7 @@ impl Kind {
     fn of(job: &Job) -> Kind {
         match job {
             Job::Sync { .. } => Kind::Sync,
-            Job::Remove { .. } => Kind::Removal,
+            Job::Remove { .. } | Job::DeleteStray { .. } => Kind::Removal,
         }
     }
 }
@@ -110,8 +140,8 @@ impl Scheduler {
     pub fn request(&mut self, key: String, job: Job) -> bool {
         match self.entries.get_mut(&key) {
             Some(entry) => {
-                let now_a_sync = matches!(job, Job::Sync { .. }) && matches!(entry.job, Job::Remove { .. });
-                entry.job = job;
+                let now_a_sync = Kind::of(&job) == Kind::Sync && Kind::of(&entry.job) == Kind::Removal;
+                entry.job = entry.job.superseded_by(job);
                 match entry.phase {
                     // A removal turned into a sync may sit among the held removals: queue it with the syncs.
                     Phase::Queued if now_a_sync => self.ready.push_back(key),
@@ -168,7 +198,7 @@ impl Scheduler {
             if entry.phase != Phase::Queued {
                 continue;
             }
-            if matches!(entry.job, Job::Remove { .. }) {
+            if Kind::of(&entry.job) == Kind::Removal {
                 self.removals.push_back(key);
                 continue;
             }
@@ -276,7 +306,7 @@ mod tests {
     use super::*;
 
     fn sync(rel: &str) -> Job {
-        Job::Sync { rel: PathBuf::from(rel), renamed_from: None }
+        Job::sync(PathBuf::from(rel))
     }
 
     #[test]

@@ -12,21 +12,37 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AgentSettings, Env, state_dir};
+use crate::remote::Dialect;
 use crate::remote::oss::{OssClient, OssConfig};
 use crate::remote::{Credentials, ListObjectsRequest, Remote, RemoteError, Throttle, list_all_uploads};
 use crate::server::{RunningServer, Server, ServerConfig};
-use crate::state::{Checkpoint, OpenReport, StateDb, UploadRowId};
+use crate::state::{Binding, Checkpoint, OpenReport, StateDb, UploadRowId};
 use crate::watch::Filter;
 
 use super::AgentError;
 
-/// The default state database for a watch dir + bucket + prefix: readable, and unique per combination.
+/// The default state database of an agent: one per watched directory, bucket, prefix *and* remote, so an
+/// index is never reused for a remote it does not describe (see [`remote_identity`]).
 pub fn default_state_db(settings: &AgentSettings, env: &dyn Env) -> PathBuf {
-    state_db_for(&settings.watch, &settings.bucket, &settings.prefix, env)
+    let tag = settings.remote.endpoint.as_deref().map(|e| endpoint_tag(settings.remote.protocol, e));
+    state_db_for(&settings.watch, &settings.bucket, &settings.prefix, tag.as_deref(), env)
 }
 
-/// [`default_state_db`] from the three values alone (`status` and `verify` find the agent's database so).
-pub fn state_db_for(watch: &Path, bucket: &str, prefix: &str, env: &dyn Env) -> PathBuf {
+/// [`default_state_db`] from its parts (`status` and `verify` find the agent's database so). `endpoint_tag`
+/// is `None` for the embedded store, whose database keeps the name older builds gave every database (so a
+/// quick start keeps its store across an upgrade; an old index, which names no remote, is re-proven).
+pub fn state_db_for(watch: &Path, bucket: &str, prefix: &str, endpoint_tag: Option<&str>, env: &dyn Env) -> PathBuf {
+    let base = state_db_stem(watch, bucket, prefix);
+    let name = match endpoint_tag {
+        Some(tag) => format!("{base}-{tag}.db"),
+        None => format!("{base}.db"),
+    };
+    state_dir(env).join(name)
+}
+
+/// `BUCKET-DIRNAME-HASH`: readable, and unique per watched directory + bucket + prefix. Every database of
+/// that combination starts with it (one per remote).
+pub fn state_db_stem(watch: &Path, bucket: &str, prefix: &str) -> String {
     let watch = std::fs::canonicalize(watch).unwrap_or_else(|_| watch.to_path_buf());
     let mut h = blake3::Hasher::new();
     h.update(watch.as_os_str().as_encoded_bytes());
@@ -38,8 +54,74 @@ pub fn state_db_for(watch: &Path, bucket: &str, prefix: &str, env: &dyn Env) -> 
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(40).collect()
     };
-    let name = format!("{}-{}-{}.db", clean(bucket), clean(&base), &h.finalize().to_hex()[..10]);
-    state_dir(env).join(name)
+    format!("{}-{}-{}", clean(bucket), clean(&base), &h.finalize().to_hex()[..10])
+}
+
+/// A short tag of the protocol and endpoint, for database names.
+pub fn endpoint_tag(protocol: Dialect, endpoint: &str) -> String {
+    let place = format!("{} {}", protocol_name(protocol), canonical_endpoint(endpoint));
+    blake3::hash(place.as_bytes()).to_hex()[..8].to_string()
+}
+
+fn protocol_name(protocol: Dialect) -> &'static str {
+    match protocol {
+        Dialect::Oss => "oss",
+        Dialect::S3 => "s3",
+    }
+}
+
+/// `scheme://host:port`, as requests reach it: a bare host means https (as the clients read it), names are
+/// lower case, the default port is spelled out. Anything unparsable is kept as given (the client refuses
+/// it anyway).
+pub fn canonical_endpoint(endpoint: &str) -> String {
+    let trimmed = endpoint.trim();
+    let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("https://{trimmed}") };
+    match reqwest::Url::parse(&with_scheme) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("").trim_end_matches('.').to_ascii_lowercase();
+            let port = url.port_or_known_default().map(|p| p.to_string()).unwrap_or_default();
+            format!("{}://{host}:{port}", url.scheme())
+        }
+        Err(_) => trimmed.to_string(),
+    }
+}
+
+/// What a state database records as the remote it describes: protocol and endpoint, or the embedded
+/// store's directory, plus bucket and prefix. Signature version, credentials, region and addressing style
+/// are not part of it: changing them does not move a single object.
+pub fn remote_identity(settings: &AgentSettings, embedded_root: Option<&Path>) -> String {
+    let place = match (&settings.remote.endpoint, embedded_root) {
+        (Some(endpoint), _) => format!("{} {}", protocol_name(settings.remote.protocol), canonical_endpoint(endpoint)),
+        (None, Some(root)) => format!("embedded {}", std::path::absolute(root).unwrap_or(root.to_path_buf()).display()),
+        (None, None) => "embedded".to_string(),
+    };
+    format!("{place} bucket={} prefix={}", settings.bucket, settings.prefix)
+}
+
+/// Bind the state database to the remote it now describes, and say what that meant.
+pub async fn bind_remote(state: &StateDb, identity: String) -> Result<(), AgentError> {
+    let db = state.clone();
+    let shown = identity.clone();
+    let binding = tokio::task::spawn_blocking(move || db.bind_remote(&identity))
+        .await
+        .map_err(|e| AgentError::Io(format!("binding the state database to its remote: {e}")))??;
+    match binding {
+        Binding::Same => {}
+        Binding::New => tracing::info!(remote = %shown, "new state database for this remote"),
+        Binding::Rebound { previous, forgotten_files, abandoned_uploads } => {
+            let previous = previous.unwrap_or_else(|| "(not recorded: written by an older ossmirror)".into());
+            tracing::warn!(
+                remote = %shown, previous = %previous, files = forgotten_files, abandoned_uploads = abandoned_uploads.len(),
+                "the state database described another remote: nothing in it is trusted here; every file is re-proven \
+                 against this remote (adopted if an object with the same size and CRC-64 is there, else uploaded)"
+            );
+            for u in abandoned_uploads {
+                tracing::warn!(bucket = %u.bucket, key = %u.key, upload_id = %u.upload_id,
+                    "an unfinished multipart upload on the previous remote is left there; abort it with that remote's tools (or let its lifecycle rule do it)");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive lock held for the agent's lifetime: one agent per state database.
@@ -51,8 +133,20 @@ pub struct AgentLock {
 
 pub fn lock(state_path: &Path) -> Result<AgentLock, AgentError> {
     let path = state_path.with_extension("agent.lock");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::Io(format!("creating {}: {e}", dir.display())))?;
+    // The state directory holds the index of every mirrored file (names, sizes) and, for the embedded
+    // store, their contents: 0700 when we create it, and a warning when an existing one is open to others.
+    StateDb::create_private_parents(&path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                dir = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the state directory is readable by other users: it lists every mirrored file (and holds the embedded \
+                 store's objects); make it private with chmod 700"
+            );
+        }
     }
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -76,6 +170,11 @@ pub async fn open_state(path: &Path) -> Result<(StateDb, OpenReport), AgentError
         .map_err(AgentError::State)
 }
 
+/// Where the embedded store of the agent with this state database keeps its objects.
+pub fn embedded_root(state_path: &Path) -> PathBuf {
+    state_path.with_extension("store")
+}
+
 /// The local OSS-compatible server the agent runs when no endpoint is configured.
 pub struct Embedded {
     pub server: RunningServer,
@@ -89,7 +188,7 @@ pub async fn embedded(
     bucket: &str,
     throttle: Option<Arc<Throttle>>,
 ) -> Result<(Embedded, Arc<dyn Remote>), AgentError> {
-    let root = state_path.with_extension("store");
+    let root = embedded_root(state_path);
     let mut rng = fastrand::Rng::new();
     let token = |rng: &mut fastrand::Rng| (0..24).map(|_| rng.alphanumeric()).collect::<String>();
     let credentials = Credentials::new(format!("LOCAL{}", token(&mut rng)), token(&mut rng));

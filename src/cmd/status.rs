@@ -45,7 +45,17 @@
 //!                    "total_bytes": int, "percent": float, "started_at": int, "heartbeat_at": int } ],
 //!   "errors": [ { "path": str, "bucket": str, "key": str, "attempts": int, "last_error": str | null,
 //!                 "failed_at": int, "retry_at": int | null } ],   // the 10 most recent
-//!   "flags": { "root_missing": bool, "polling_fallback": bool, "remote_error": str | null }
+//!   "flags": { "root_missing": bool, "polling_fallback": bool, "remote_error": str | null,
+//!              "bucket_missing": bool },
+//!   "remote_check": null | {        // the last listing of the prefix compared with the index
+//!     "started_at": int, "finished_at": int, "millis": int, "requests": int,
+//!     "objects": int,               // objects listed
+//!     "indexed": int,               // index rows compared
+//!     "missing": int, "changed": int, // queued again
+//!     "unknown": int, "unknown_sample": [str],  // objects the index does not know (first 20 named)
+//!     "stray": int, "held": bool,   // unknown with no local file (deleted with --delete unless held)
+//!     "bucket_missing": bool, "error": str | null
+//!   }
 //! }
 //! ```
 //! Exit codes: 0 when the database was read (whatever the agent's state), 1 when it could not be read,
@@ -59,7 +69,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use ossmirror::agent::AgentInfo;
-use ossmirror::agent::setup::state_db_for;
+use ossmirror::agent::remote_check::CheckReport;
+use ossmirror::agent::setup::{state_db_for, state_db_stem};
 use ossmirror::cli::StatusArgs;
 use ossmirror::config::{Env, ProcessEnv, state_dir};
 use ossmirror::state::{FileState, FileStatus, StateCounts, StateDb};
@@ -101,19 +112,57 @@ pub fn state_dirs(env: &dyn Env) -> Vec<PathBuf> {
     dirs
 }
 
-/// The database `--watch/--bucket/--prefix` map to: the agent's own derivation, in the user's state
-/// directory or the service's. `Err` lists what was looked for.
-pub fn derived_state_db(watch: &Path, bucket: &str, prefix: &str, env: &dyn Env) -> Result<PathBuf, Vec<PathBuf>> {
-    let own = state_db_for(watch, bucket, prefix, env);
-    let mut tried = vec![own.clone()];
-    if let Some(name) = own.file_name() {
-        for dir in state_dirs(env).into_iter().skip(1) {
-            tried.push(dir.join(name));
+/// Which databases `--watch/--bucket/--prefix` map to, as the agent derives them (one per remote it mirrored
+/// to), in the user's state directory or the service's.
+#[derive(Debug)]
+pub enum Derived {
+    Found(PathBuf),
+    /// Nothing there; what was looked for.
+    NotFound(Vec<PathBuf>),
+    /// One per remote: the caller must say which.
+    Several(Vec<PathBuf>),
+}
+
+/// The agent's database for `watch`/`bucket`/`prefix`. `remote`: `Some(tag)` for exactly that remote (the
+/// agent's `setup::endpoint_tag`, `None` inside for the embedded store); `None` for whichever remote the
+/// agent used, if there is only one.
+pub fn derived_state_db(
+    watch: &Path,
+    bucket: &str,
+    prefix: &str,
+    remote: Option<Option<&str>>,
+    env: &dyn Env,
+) -> Derived {
+    let dirs = state_dirs(env);
+    if let Some(tag) = remote {
+        let own = state_db_for(watch, bucket, prefix, tag, env);
+        let name = own.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let tried: Vec<PathBuf> = dirs.iter().map(|d| d.join(&name)).collect();
+        return match tried.iter().find(|p| p.is_file()) {
+            Some(found) => Derived::Found(found.clone()),
+            None => Derived::NotFound(tried),
+        };
+    }
+    let stem = state_db_stem(watch, bucket, prefix);
+    let is_ours = |name: &str| {
+        let Some(rest) = name.strip_prefix(&stem).and_then(|r| r.strip_suffix(".db")) else { return false };
+        // `STEM.db` (the embedded store) or `STEM-TAG.db` (a remote).
+        rest.is_empty()
+            || rest.strip_prefix('-').is_some_and(|t| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let mut found = Vec::new();
+    for dir in &dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_str().is_some_and(is_ours) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                found.push(entry.path());
+            }
         }
     }
-    match tried.iter().find(|p| p.is_file()) {
-        Some(found) => Ok(found.clone()),
-        None => Err(tried),
+    found.sort();
+    match found.len() {
+        0 => Derived::NotFound(dirs.iter().map(|d| d.join(format!("{stem}[-TAG].db"))).collect()),
+        1 => Derived::Found(found.remove(0)),
+        _ => Derived::Several(found),
     }
 }
 
@@ -130,17 +179,33 @@ fn locate(args: &StatusArgs, env: &dyn Env) -> anyhow::Result<PathBuf> {
     }
     let prefix = ossmirror::config::normalize_prefix(args.prefix.as_deref().unwrap_or(""));
     match (&args.watch, &args.bucket) {
-        (Some(watch), Some(bucket)) => derived_state_db(watch, bucket, &prefix, env).map_err(|tried| {
-            let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-            UsageError(format!(
-                "no state database for --watch {} --bucket {bucket}{}: looked for {}. Has the agent run with exactly \
-                 these values? If it runs with --state-db, pass that path as --state-db",
+        (Some(watch), Some(bucket)) => {
+            let shown = format!(
+                "--watch {} --bucket {bucket}{}",
                 watch.display(),
-                if prefix.is_empty() { String::new() } else { format!(" --prefix {prefix}") },
-                list.join(" and "),
-            ))
-            .into()
-        }),
+                if prefix.is_empty() { String::new() } else { format!(" --prefix {prefix}") }
+            );
+            match derived_state_db(watch, bucket, &prefix, None, env) {
+                Derived::Found(path) => Ok(path),
+                Derived::NotFound(tried) => {
+                    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+                    Err(UsageError(format!(
+                        "no state database for {shown}: looked for {}. Has the agent run with exactly these values? \
+                         If it runs with --state-db, pass that path as --state-db",
+                        list.join(" and "),
+                    ))
+                    .into())
+                }
+                Derived::Several(paths) => {
+                    let mut msg =
+                        format!("the agent mirrored {shown} to several remotes; choose one with --state-db PATH:");
+                    for path in &paths {
+                        msg.push_str(&format!("\n  {}{}", path.display(), describe(path)));
+                    }
+                    Err(UsageError(msg).into())
+                }
+            }
+        }
         (None, None) if args.prefix.is_none() => pick_single(env),
         _ => Err(UsageError(
             "give --watch and --bucket together (with --prefix if the agent uses one), or --state-db PATH".into(),
@@ -208,8 +273,8 @@ fn describe(path: &Path) -> String {
         .and_then(|db| db.agent_info().ok().flatten())
         .and_then(|json| serde_json::from_str::<AgentInfo>(&json).ok());
     match info {
-        Some(i) if i.prefix.is_empty() => format!("  (watch {} → bucket {})", i.watch, i.bucket),
-        Some(i) => format!("  (watch {} → bucket {}, prefix {})", i.watch, i.bucket, i.prefix),
+        Some(i) if i.prefix.is_empty() => format!("  (watch {} → bucket {} at {})", i.watch, i.bucket, i.endpoint),
+        Some(i) => format!("  (watch {} → bucket {}, prefix {}, at {})", i.watch, i.bucket, i.prefix, i.endpoint),
         None => String::new(),
     }
 }
@@ -225,6 +290,8 @@ struct Report {
     in_flight: Vec<Upload>,
     errors: Vec<ErrorView>,
     flags: Flags,
+    /// The agent's last check of the remote against the index (kept after it stopped).
+    remote_check: Option<CheckReport>,
 }
 
 #[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +367,7 @@ struct Flags {
     root_missing: bool,
     polling_fallback: bool,
     remote_error: Option<String>,
+    bucket_missing: bool,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -413,7 +481,9 @@ fn gather(path: &Path) -> anyhow::Result<Report> {
             root_missing: running && i.root_missing,
             polling_fallback: running && i.polling_fallback,
             remote_error: i.remote_error.clone().filter(|_| running),
+            bucket_missing: running && i.bucket_missing,
         },
+        remote_check: i.remote_check.clone(),
     })
 }
 
@@ -509,6 +579,9 @@ fn render(r: &Report) -> String {
             "\n!! THE WATCHED DIRECTORY IS MISSING or unmounted: nothing is deleted; waiting for it to come back."
         );
     }
+    if f.bucket_missing {
+        let _ = writeln!(out, "\n!! THE BUCKET DOES NOT EXIST: nothing can be synced until it is created again.");
+    }
     if let Some(e) = &f.remote_error {
         let _ = writeln!(out, "\n!! REMOTE ERROR: {e}");
     }
@@ -535,6 +608,36 @@ fn render(r: &Report) -> String {
     }
     if c.checkpoints > 0 {
         let _ = writeln!(out, "checkpoints     {} resumable multipart uploads", c.checkpoints);
+    }
+    match &r.remote_check {
+        Some(check) => {
+            let _ = writeln!(
+                out,
+                "remote check    {} ago: {} objects listed in {} requests, {} missing or changed (queued again), {} \
+                 unknown to the index{}",
+                ago(now, check.finished_at.max(check.started_at)),
+                check.objects,
+                check.requests,
+                check.differences(),
+                check.unknown,
+                if check.held { " (deletions held: too many at once)" } else { "" },
+            );
+            if !check.unknown_sample.is_empty() {
+                let more = check.unknown.saturating_sub(check.unknown_sample.len() as u64);
+                let _ = writeln!(
+                    out,
+                    "                unknown: {}{}",
+                    check.unknown_sample.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                );
+            }
+            if let Some(e) = &check.error {
+                let _ = writeln!(out, "                the last check failed: {e}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "remote check    not yet");
+        }
     }
     if !r.in_flight.is_empty() {
         let _ = writeln!(out, "\nuploads in flight ({}):", r.in_flight.len());
@@ -631,8 +734,18 @@ mod tests {
         };
         let e = locate(&args, &env).unwrap_err();
         assert!(e.downcast_ref::<UsageError>().is_some());
-        let expected = state_db_for(&dir.path().join("data"), "b", "", &env);
-        assert!(e.to_string().contains(&expected.display().to_string()), "{e}");
+        let stem = state_db_stem(&dir.path().join("data"), "b", "");
+        assert!(e.to_string().contains(&stem), "{e}");
+        // One database per remote: found when there is one, listed when there are several.
+        let states = dir.path().join("ossmirror");
+        std::fs::create_dir_all(&states).unwrap();
+        let embedded = state_db_for(&dir.path().join("data"), "b", "", None, &env);
+        std::fs::write(&embedded, b"").unwrap();
+        assert_eq!(locate(&args, &env).unwrap(), embedded);
+        let remote = state_db_for(&dir.path().join("data"), "b", "", Some("0123abcd"), &env);
+        std::fs::write(&remote, b"").unwrap();
+        let e = locate(&args, &env).unwrap_err().to_string();
+        assert!(e.contains("several remotes") && e.contains("0123abcd"), "{e}");
         let half = StatusArgs { bucket: None, ..args };
         assert!(locate(&half, &env).unwrap_err().to_string().contains("--watch and --bucket"));
     }

@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ossmirror::agent::local::hash_file;
+use ossmirror::agent::local::{hash_file, open_in_tree};
 use ossmirror::agent::setup;
 use ossmirror::cli::VerifyArgs;
 use ossmirror::config::{FileConfig, ProcessEnv, RemoteSettings};
@@ -61,8 +61,13 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let state_db = match &args.state_db {
         Some(p) => p.clone(),
-        None => super::status::derived_state_db(&root, &args.bucket, &prefix, &ProcessEnv)
-            .unwrap_or_else(|tried| tried[0].clone()),
+        None => {
+            let tag = settings.endpoint.as_deref().map(|e| setup::endpoint_tag(settings.protocol, e));
+            match super::status::derived_state_db(&root, &args.bucket, &prefix, Some(tag.as_deref()), &ProcessEnv) {
+                super::status::Derived::Found(path) => path,
+                _ => setup::state_db_for(&root, &args.bucket, &prefix, tag.as_deref(), &ProcessEnv),
+            }
+        }
     };
 
     let mut embedded = None;
@@ -75,8 +80,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let mut own_paths = vec![state_db.clone()];
-    own_paths.push(state_db.with_extension("store"));
+    let own_paths = vec![state_db.clone(), state_db.with_extension("agent.lock"), setup::embedded_root(&state_db)];
     let mut excludes = file.exclude.clone().unwrap_or_default();
     excludes.extend(args.exclude.iter().cloned());
     let filter_config = FilterConfig {
@@ -202,7 +206,7 @@ impl Verify {
                                 self.remote.clone(),
                                 self.bucket.clone(),
                                 key,
-                                self.root.join(&rel),
+                                (self.root.clone(), self.follow_symlinks),
                                 rel,
                                 snapshot,
                             ));
@@ -224,6 +228,16 @@ impl Verify {
                         kind: "unreadable",
                         path: Some(escape_path(&rel)),
                         detail: Some(error.to_string()),
+                        ..Default::default()
+                    },
+                ),
+                // Not mirrored, so not verified: a mismatch like a name that cannot be a key.
+                ScanItem::Impossible { rel, error } => self.mismatch(
+                    &mut summary,
+                    Finding {
+                        kind: "impossible_path",
+                        path: Some(escape_path(&rel)),
+                        detail: Some(error),
                         ..Default::default()
                     },
                 ),
@@ -310,7 +324,7 @@ async fn check(
     remote: Arc<dyn Remote>,
     bucket: String,
     key: String,
-    path: PathBuf,
+    (root, follow_symlinks): (PathBuf, bool),
     rel: PathBuf,
     snapshot: FileSnapshot,
 ) -> anyhow::Result<Checked> {
@@ -333,9 +347,12 @@ async fn check(
         }));
     };
     // One piece (u64::MAX): only the whole-file checksums are wanted.
-    let hashed = tokio::task::spawn_blocking(move || hash_file(&path, u64::MAX, &snapshot))
-        .await
-        .context("a file-reading task failed")?;
+    let owned = rel.clone();
+    let hashed = tokio::task::spawn_blocking(move || {
+        open_in_tree(&root, &owned, follow_symlinks).and_then(|file| hash_file(&file, u64::MAX, &snapshot))
+    })
+    .await
+    .context("a file-reading task failed")?;
     let local = match hashed {
         Ok(Some(h)) => h,
         Ok(None) => {
