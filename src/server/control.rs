@@ -54,8 +54,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{self, Body};
+use super::context::Shared;
 use super::faults::{DownMode, FaultConfig, ScriptedFault};
-use super::handler::Shared;
 
 pub const PREFIX: &str = "/_ossmirror/";
 const MAX_BODY: usize = 1 << 20;

@@ -12,101 +12,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
-use super::auth::{self, AuthConfig, AuthRequest};
+use super::auth::{self, AuthRequest};
 use super::body::{self, Body, ConnCtl, RequestBody};
+use super::context::{Ctx, Shared};
 use super::control;
 use super::error::OssError;
-use super::faults::{DownMode, FaultConfig, Faults, RequestIdentity};
+use super::faults::{DownMode, Faults, RequestIdentity};
 use super::ops;
 use super::request::{Op, Query, Target, is_virtual_host, resolve_target, route};
-use super::store::Store;
 use super::xml::XmlWriter;
 use crate::timefmt;
-
-/// State shared by every connection of a running server.
-pub struct Shared {
-    pub store: Store,
-    pub faults: Arc<Faults>,
-    pub auth: Option<AuthConfig>,
-    pub base_domains: Vec<String>,
-    pub control_api: bool,
-    /// Region id reported by GetBucketLocation / GetBucketInfo (e.g. `cn-hangzhou`).
-    pub region: String,
-    /// The fault settings given at start (what the control API's `reset` restores).
-    pub initial_faults: FaultConfig,
-    request_seq: AtomicU64,
-    request_prefix: u32,
-}
-
-impl Shared {
-    pub fn new(
-        store: Store,
-        faults: Arc<Faults>,
-        auth: Option<AuthConfig>,
-        base_domains: Vec<String>,
-        control_api: bool,
-        region: String,
-        initial_faults: FaultConfig,
-    ) -> Self {
-        Shared {
-            store,
-            faults,
-            auth,
-            base_domains,
-            control_api,
-            region,
-            initial_faults,
-            request_seq: AtomicU64::new(1),
-            request_prefix: fastrand::u32(..),
-        }
-    }
-
-    /// 24 upper-case hex digits: a per-process random prefix and a counter, so ids are unique and ordered.
-    fn next_request_id(&self) -> String {
-        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08X}{:016X}", self.request_prefix, n)
-    }
-}
-
-/// One OSS request, decoded.
-pub struct Ctx {
-    pub request_id: String,
-    pub method: Method,
-    pub target: Target,
-    pub query: Query,
-    pub headers: HeaderMap,
-    /// The `Host` the client used (for `HostId` and `Location`).
-    pub host: String,
-    pub op: Op,
-    /// The server clock (with the test offset) when the request arrived.
-    pub now: SystemTime,
-}
-
-impl Ctx {
-    pub fn bucket(&self) -> &str {
-        self.target.bucket.as_deref().unwrap_or("")
-    }
-
-    pub fn key(&self) -> &str {
-        self.target.key.as_deref().unwrap_or("")
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
-    }
-
-    pub fn now_secs(&self) -> i64 {
-        timefmt::unix_secs(self.now)
-    }
-}
 
 /// Records the outcome of a request in the stats even if its future is dropped (client gone, reset).
 struct StatusGuard {

@@ -29,6 +29,7 @@
 
 mod auth;
 mod body;
+mod context;
 pub mod control;
 mod error;
 pub mod faults;
@@ -57,7 +58,7 @@ pub use faults::{DownMode, FaultAction, FaultConfig, Faults, ScriptedFault, Stat
 
 use crate::remote::Credentials;
 use body::ConnCtl;
-use handler::Shared;
+use context::Shared;
 
 /// How long in-flight requests may take to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

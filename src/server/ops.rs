@@ -11,8 +11,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use md5::{Digest as _, Md5};
 
 use super::body::{self, Body, RequestBody, digest_pieces, receive_blob, stream_pieces};
+use super::context::{Ctx, Shared};
 use super::error::OssError;
-use super::handler::{Ctx, Shared};
 use super::request::{Op, check_key, form_decode, valid_bucket_name};
 use super::store::{
     ListEntry, ObjectMeta, ObjectRecord, PartContent, PartSelection, Store, StoreError, UploadEntry, slice_manifest,
