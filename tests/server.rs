@@ -322,7 +322,7 @@ fn malformed_requests_get_oss_errors_and_the_server_stays_up() {
         ("PUT", "/bkt/c".into(), vec![("x-oss-copy-source", "/bkt/k"), ("x-oss-metadata-directive", "MOVE")], vec![], 400, "InvalidArgument"),
         ("PUT", "/nobucket/k".into(), vec![], b"x".to_vec(), 404, "NoSuchBucket"),
         ("PATCH", "/bkt/k".into(), vec![], vec![], 405, "MethodNotAllowed"),
-        ("PUT", "/bkt/k?tagging".into(), vec![], b"<Tagging/>".to_vec(), 501, "NotImplemented"),
+        ("PUT", "/bkt/k?symlink".into(), vec![], b"x".to_vec(), 501, "NotImplemented"),
         ("DELETE", "/bkt/k?uploadId=nope".into(), vec![], vec![], 404, "NoSuchUpload"),
         ("GET", "/bkt/k?uploadId=nope&max-parts=banana".into(), vec![], vec![], 400, "InvalidArgument"),
         ("GET", "/bkt/k".into(), vec![("x-oss-range-behavior", "standard"), ("Range", "bytes=50-60")], vec![], 416, "InvalidRange"),

@@ -3,6 +3,7 @@
 //! (`ops`) and the control API (`control`) depend on these types without depending on the pipeline that
 //! calls them: every import in `server/` points one way.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -26,28 +27,37 @@ pub struct Shared {
     pub region: String,
     /// The fault settings given at start (what the control API's `reset` restores).
     pub initial_faults: FaultConfig,
+    /// The HTTP client upload callbacks are sent with.
+    pub callback_client: reqwest::Client,
+    /// Whether callbacks may go to addresses other than loopback ones.
+    pub allow_remote_callbacks: bool,
     request_seq: AtomicU64,
     request_prefix: u32,
 }
 
+/// What [`Shared::new`] takes besides the store and the faults.
+pub struct SharedConfig {
+    pub auth: Option<AuthConfig>,
+    pub base_domains: Vec<String>,
+    pub control_api: bool,
+    pub region: String,
+    pub initial_faults: FaultConfig,
+    pub callback_client: reqwest::Client,
+    pub allow_remote_callbacks: bool,
+}
+
 impl Shared {
-    pub fn new(
-        store: Store,
-        faults: Arc<Faults>,
-        auth: Option<AuthConfig>,
-        base_domains: Vec<String>,
-        control_api: bool,
-        region: String,
-        initial_faults: FaultConfig,
-    ) -> Self {
+    pub fn new(store: Store, faults: Arc<Faults>, config: SharedConfig) -> Self {
         Shared {
             store,
             faults,
-            auth,
-            base_domains,
-            control_api,
-            region,
-            initial_faults,
+            auth: config.auth,
+            base_domains: config.base_domains,
+            control_api: config.control_api,
+            region: config.region,
+            initial_faults: config.initial_faults,
+            callback_client: config.callback_client,
+            allow_remote_callbacks: config.allow_remote_callbacks,
             request_seq: AtomicU64::new(1),
             request_prefix: fastrand::u32(..),
         }
@@ -72,6 +82,8 @@ pub struct Ctx {
     pub op: Op,
     /// The server clock (with the test offset) when the request arrived.
     pub now: SystemTime,
+    /// The client's address (for the `${clientIp}` of upload callbacks).
+    pub peer: Option<SocketAddr>,
 }
 
 impl Ctx {

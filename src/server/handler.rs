@@ -11,6 +11,7 @@
 //! a broken pipe on their side.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -27,7 +28,6 @@ use super::error::OssError;
 use super::faults::{DownMode, Faults, RequestIdentity};
 use super::ops;
 use super::request::{Op, Query, Target, is_virtual_host, resolve_target, route};
-use super::xml::XmlWriter;
 use crate::timefmt;
 
 /// Records the outcome of a request in the stats even if its future is dropped (client gone, reset).
@@ -50,6 +50,7 @@ impl Drop for StatusGuard {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnCtl>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -84,7 +85,17 @@ pub async fn handle(
         Err(e) => (Target::default(), Query::default(), Op::Unknown, Some(e)),
     };
     let is_head = parts.method == Method::HEAD;
-    let ctx = Ctx { request_id, method: parts.method, target, query, headers: parts.headers, host, op, now };
+    let ctx = Ctx {
+        request_id,
+        method: parts.method,
+        target,
+        query,
+        headers: parts.headers,
+        host,
+        op,
+        now,
+        peer: Some(peer),
+    };
     let faults = shared.faults.clone();
     faults.record_request(op.name());
     let mut guard = StatusGuard { faults: faults.clone(), op: op.name(), done: false, conn: conn.clone() };
@@ -212,23 +223,16 @@ fn finish(mut resp: Response<Body>, request_id: &str, now: SystemTime, started: 
     resp
 }
 
-/// The `<Error>` document.
-pub fn error_xml(e: &OssError, request_id: &str, host: &str) -> String {
-    let mut w = XmlWriter::new("Error");
-    w.elem("Code", &e.code).elem("Message", &e.message).elem("RequestId", request_id).elem("HostId", host);
-    for (name, value) in &e.extra {
-        w.elem(name, value);
-    }
-    w.elem("EC", e.ec);
-    w.elem("RecommendDoc", &format!("https://api.aliyun.com/troubleshoot?q={}", e.ec));
-    w.finish()
-}
-
 pub fn error_response(e: &OssError, request_id: &str, host: &str, is_head: bool) -> Response<Body> {
-    let xml = error_xml(e, request_id, host);
+    let xml = e.to_xml(request_id, host);
     let mut builder = Response::builder().status(e.status);
     if let Ok(v) = HeaderValue::from_str(e.ec) {
         builder = builder.header("x-oss-ec", v);
+    }
+    for (name, value) in &e.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            builder = builder.header(*name, v);
+        }
     }
     let no_body = is_head || e.status == StatusCode::NOT_MODIFIED;
     let resp = if no_body {
