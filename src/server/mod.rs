@@ -5,14 +5,19 @@
 //! OSS-PROTOCOL.md §11), robust (a malformed request gets an OSS error, never a panic) and crash-safe (a
 //! SIGKILL at any instant never leaves a torn object, and multipart uploads survive restarts).
 //!
-//! Layout:
-//! - [`store`]: the SQLite index plus immutable blob files, and its commit protocol;
-//! - `request`: addressing (path style / virtual host) and routing to an operation;
-//! - `auth`: Signature V1 / V4, header and presigned, STS tokens;
-//! - `ops`: the operations; `xml`: bodies in and out; `body`: streaming bodies;
-//! - [`faults`]: seeded fault injection, the server clock, exact stats; [`control`]: the test-only JSON API;
-//! - this module: configuration, the accept loop and per-connection control (a fault can abort a TCP
-//!   connection with a real RST mid-body).
+//! Layout, every import pointing down this list:
+//! - this module: configuration, the accept loop, per-connection control (a fault can abort a TCP
+//!   connection with a real RST mid-body) and the hourly lifecycle task;
+//! - `handler`: the request pipeline (addressing, routing, stats, faults, authentication, operation,
+//!   common headers); [`control`]: the test-only JSON API;
+//! - `context`: what handlers work with (`Shared`, the running server; `Ctx`, one request);
+//! - `ops`: the operations, one file per family (bucket and its configurations, listing, object, multipart);
+//! - `request`: addressing (path style / virtual host) and routing to an operation; `auth`: Signature V1 /
+//!   V4, header and presigned, STS tokens; `body`: streaming bodies; `callback`: upload callbacks;
+//! - [`lifecycle`]: lifecycle rules (XML in and out, validation, when a rule applies); `tags`: object tags;
+//! - [`store`]: the SQLite index plus immutable blob files, versions, the lifecycle pass, and the commit
+//!   protocol;
+//! - [`faults`]: seeded fault injection, the request and lifecycle clocks, exact stats; `xml`, `error`.
 //!
 //! Embedding:
 //! ```no_run

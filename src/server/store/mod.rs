@@ -21,7 +21,7 @@
 //! (one per piece of every row that lists it), updated in the same transaction as the rows; a blob whose
 //! count reaches zero is unlinked after the commit.
 //!
-//! **Versions** ([`objects`]). `objects` holds the *current* version of each key, exactly what GET and
+//! **Versions** (`objects`). `objects` holds the *current* version of each key, exactly what GET and
 //! ListObjects serve, so an unversioned bucket costs nothing extra. `versions` holds the history: noncurrent
 //! versions and every delete marker, ordered per key by a store-wide sequence number. The invariant that
 //! keeps reads simple: a key with no `objects` row has either no history or a delete marker as its newest

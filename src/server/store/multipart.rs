@@ -64,7 +64,7 @@ impl Store {
     }
 
     /// Commit a part: either a received blob or (UploadPartCopy) pieces of existing blobs, whose MD5 and
-    /// CRC the caller computed while holding a [`Pin`] on them. Uploading the same number again replaces it.
+    /// CRC the caller computed while holding a `Pin` on them. Uploading the same number again replaces it.
     #[allow(clippy::too_many_arguments)]
     pub fn put_part(
         &self,
