@@ -156,7 +156,9 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        crash_point("version_before_commit");
+        if b.versioning != Versioning::Unversioned {
+            crash_point("version_before_commit");
+        }
         tx.commit()?;
         self.release(&mut state, garbage);
         Ok(outcomes)
