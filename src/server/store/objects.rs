@@ -19,7 +19,7 @@ use super::{
     BucketRecord, DeleteOutcome, NULL_VERSION, NewBlob, ObjectMeta, ObjectRecord, Pin, Store, StoreError, Versioning,
     crash_point,
 };
-use crate::server::error::OssError;
+use crate::server::error::{OssError, ServerError};
 
 /// An object version named by a request (`versionId` absent: the current one).
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +134,11 @@ impl Store {
     /// exist succeeds, as on OSS.
     pub fn delete_object(&self, at: VersionRef<'_>, now: i64) -> Result<DeleteOutcome, StoreError> {
         let outcome = self.delete_objects(at.bucket, &[(at.key, at.version)], now)?;
-        outcome.into_iter().next().ok_or_else(|| StoreError::Server(crate::server::ServerError::TaskFailed))
+        // One item in, one outcome out.
+        outcome
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Server(ServerError::Corrupt("a delete had no outcome".into())))
     }
 
     /// Delete several keys or versions in one transaction (DeleteMultipleObjects).
