@@ -290,33 +290,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ID", requires = "access_key_secret")]
     pub access_key_id: Option<String>,
 
-    /// The secret for --access-key-id [env: OSSMIRROR_SERVE_SECRET].
+    /// The secret for --access-key-id.
     #[arg(long, value_name = "SECRET", env = "OSSMIRROR_SERVE_SECRET", hide_env_values = true)]
     pub access_key_secret: Option<String>,
 
-    /// Fault injection: fraction of requests answered with 500/503 (0.0-1.0).
-    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    /// Fraction of requests answered with 500/503 (0.0-1.0).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, help_heading = FAULT_HEADING)]
     pub fault_error_rate: f64,
 
-    /// Fault injection: reset the connection after this many request-body bytes, on a --fault-reset-rate
+    /// Reset the connection after this many request-body bytes, on a --fault-reset-rate
     /// fraction of uploads.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", help_heading = FAULT_HEADING)]
     pub fault_reset_after: Option<ByteSize>,
 
-    /// Fault injection: fraction of body-carrying requests whose connection is reset.
-    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    /// Fraction of body-carrying requests whose connection is reset.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, help_heading = FAULT_HEADING)]
     pub fault_reset_rate: f64,
 
-    /// Fault injection: latency added to every response.
-    #[arg(long, value_name = "DURATION")]
+    /// Latency added to every response.
+    #[arg(long, value_name = "DURATION", help_heading = FAULT_HEADING)]
     pub fault_latency: Option<HumanDuration>,
 
-    /// Fault injection: seed, so runs repeat.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Seed of the random faults, so runs repeat.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = FAULT_HEADING)]
     pub fault_seed: u64,
 
-    /// Expose the test-only control API under /_ossmirror/ (fault settings, clock skew, outages, stats).
-    #[arg(long)]
+    /// Expose the test-only control API under /_ossmirror/ (fault settings, clock skew, outages, stats,
+    /// the lifecycle clock).
+    #[arg(long, help_heading = FAULT_HEADING)]
     pub enable_control_api: bool,
 
     /// Require this STS session token on every signed request (x-oss-security-token or the presign
@@ -351,7 +352,19 @@ pub struct ServeArgs {
     /// Write the bound address to this file once listening (for tests and scripts).
     #[arg(long, value_name = "FILE")]
     pub address_file: Option<PathBuf>,
+
+    /// Let upload callbacks (x-oss-callback) reach any address; without it they go only to localhost and
+    /// loopback IPs.
+    #[arg(long)]
+    pub allow_remote_callbacks: bool,
+
+    /// How often bucket lifecycle rules are applied (0s: never, except through the control API).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub lifecycle_interval: HumanDuration,
 }
+
+/// Where `serve --help` lists the flags only tests need.
+const FAULT_HEADING: &str = "Fault injection and test hooks";
 
 /// `ossmirror status`.
 #[derive(Debug, Clone, Args)]

@@ -47,3 +47,18 @@ fn interop_resumable() {
 fn interop_auth() {
     pytest("test_auth.py");
 }
+
+#[test]
+fn interop_versioning() {
+    pytest("test_versioning.py");
+}
+
+#[test]
+fn interop_lifecycle() {
+    pytest("test_lifecycle.py");
+}
+
+#[test]
+fn interop_options() {
+    pytest("test_options.py");
+}

@@ -42,6 +42,8 @@ fn config_from_args(args: ServeArgs) -> Result<ServerConfig, UsageError> {
     config.control_api = args.enable_control_api;
     config.fsync = !args.no_fsync;
     config.buckets = args.buckets;
+    config.allow_remote_callbacks = args.allow_remote_callbacks;
+    config.lifecycle_interval = Some(args.lifecycle_interval.0).filter(|d| !d.is_zero());
     config.faults = FaultConfig {
         error_rate: args.fault_error_rate,
         reset_rate: args.fault_reset_rate,

@@ -14,9 +14,11 @@
 //! | `GET`/`PUT /_ossmirror/clock` | `{"offset_secs": 3600}` | shift the server clock (provokes `RequestTimeTooSkewed`; `Date` follows) |
 //! | `GET`/`PUT /_ossmirror/token` | `{"expired": true}` | the configured session token answers `SecurityTokenExpired` |
 //! | `GET`/`PUT /_ossmirror/down` | `{"mode":"drop"}`, `{"mode":"refuse","duration_ms":2000}`, `{"mode":"up"}` | simulate an outage |
+//! | `GET /_ossmirror/lifecycle` | | `{"offset_secs": …, "now": …}`: the lifecycle clock (Unix seconds) |
+//! | `POST /_ossmirror/lifecycle/run` | `{"advance_secs": 259200}` (optional) | move the lifecycle clock forward, then apply every bucket's lifecycle rules at it; answers what the pass did (`aborted_uploads`, `expired_objects`, `expired_versions`, `removed_delete_markers`) |
 //! | `GET /_ossmirror/stats` | | request statistics (below) |
 //! | `POST /_ossmirror/stats/reset` | | zero the statistics |
-//! | `POST /_ossmirror/reset` | | everything back to the start-up state (faults from the command line, no rules, clock, token, up, zero stats) |
+//! | `POST /_ossmirror/reset` | | everything back to the start-up state (faults from the command line, no rules, both clocks, token, up, zero stats) |
 //!
 //! A scripted rule applies to the next `times` (default 1) requests matching `op` (the operation name used
 //! in the stats, e.g. `UploadPart`), and optionally `key` and `part_number`, and does one of:
@@ -54,8 +56,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{self, Body};
+use super::context::Shared;
 use super::faults::{DownMode, FaultConfig, ScriptedFault};
-use super::handler::Shared;
 
 pub const PREFIX: &str = "/_ossmirror/";
 const MAX_BODY: usize = 1 << 20;
@@ -101,6 +103,13 @@ struct ClockBody {
     offset_secs: i64,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LifecycleRunBody {
+    #[serde(default)]
+    advance_secs: i64,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
@@ -121,9 +130,33 @@ pub async fn handle(shared: &Shared, method: &Method, path: &str, body: Incoming
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if (method, route) == (&Method::POST, "lifecycle/run") {
+        return run_lifecycle(shared, value).await;
+    }
     match handle_route(shared, method, route, value) {
         Ok(resp) => resp,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// Advance the lifecycle clock and run a pass (blocking store work, on the blocking pool).
+async fn run_lifecycle(shared: &Shared, value: Value) -> Response<Body> {
+    let b: LifecycleRunBody = if value.is_null() {
+        LifecycleRunBody::default()
+    } else {
+        match parse(value) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    };
+    let offset = shared.faults.advance_lifecycle_clock(b.advance_secs);
+    let now = shared.faults.lifecycle_now();
+    tracing::info!(advance_secs = b.advance_secs, offset_secs = offset, now, "control: lifecycle pass requested");
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.lifecycle_pass(now)).await {
+        Ok(Ok(report)) => ok(json!({ "offset_secs": offset, "report": to_value(&report) })),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the lifecycle pass failed: {e}")),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the lifecycle pass panicked"),
     }
 }
 
@@ -195,6 +228,9 @@ fn handle_route(shared: &Shared, method: &Method, route: &str, value: Value) -> 
             }
             ok(json!({ "mode": to_value(&b.mode), "duration_ms": b.duration_ms }))
         }
+        (&Method::GET, "lifecycle") => {
+            ok(json!({ "offset_secs": faults.lifecycle_offset(), "now": faults.lifecycle_now() }))
+        }
         (&Method::GET, "stats") => ok(to_value(&faults.stats())),
         (&Method::POST, "stats/reset") => {
             faults.reset_stats();
@@ -204,14 +240,17 @@ fn handle_route(shared: &Shared, method: &Method, route: &str, value: Value) -> 
             faults.set_config(shared.initial_faults.clone());
             faults.clear_scripts();
             faults.set_clock_offset(0);
+            faults.reset_lifecycle_clock();
             faults.set_token_expired(false);
             faults.set_down(DownMode::Up);
             faults.reset_stats();
             ok(json!({ "ok": true }))
         }
-        (_, "health" | "faults" | "script" | "clock" | "token" | "down" | "stats" | "stats/reset" | "reset") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {route}"))
-        }
+        (
+            _,
+            "health" | "faults" | "script" | "clock" | "token" | "down" | "stats" | "stats/reset" | "reset"
+            | "lifecycle" | "lifecycle/run",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {route}")),
         _ => error(StatusCode::NOT_FOUND, format!("no control endpoint {route:?}")),
     })
 }

@@ -1,6 +1,6 @@
 //! Errors: [`ServerError`] for the library API (starting, storage), and [`OssError`], an OSS error answer
 //! (status, `Code`, `Message`, `EC` and error-specific elements) that the handlers return and
-//! `respond.rs` renders as the `<Error>` XML body (or, for HEAD, as the `x-oss-err` header).
+//! `handler` renders as the `<Error>` XML body (or, for HEAD, as the `x-oss-err` header).
 //!
 //! EC values are the documented ones where OSS-PROTOCOL.md or the Alibaba docs name them; the others are
 //! `0000-00000000`. SDKs only display the EC, and OSS says not to build logic on it.
@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use http::StatusCode;
+
+use super::xml::XmlWriter;
 
 /// Why the server could not start or a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +47,23 @@ pub struct OssError {
     pub ec: &'static str,
     /// Error-specific elements after `EC`, e.g. `Key`, `UploadId`, `StringToSign`.
     pub extra: Vec<(&'static str, String)>,
+    /// Response headers the error answer carries, e.g. `x-oss-delete-marker` and `x-oss-version-id` when
+    /// the key's current version is a delete marker.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 const EC_UNKNOWN: &str = "0000-00000000";
 
 impl OssError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        OssError { status, code: code.into(), message: message.into(), ec: EC_UNKNOWN, extra: Vec::new() }
+        OssError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            ec: EC_UNKNOWN,
+            extra: Vec::new(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_ec(mut self, ec: &'static str) -> Self {
@@ -61,6 +73,11 @@ impl OssError {
 
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.extra.push((name, value.into()));
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -186,8 +203,50 @@ impl OssError {
         Self::new(StatusCode::NOT_MODIFIED, "NotModified", "The object has not been modified.")
     }
 
+    /// A `versionId` that names no version of the key.
+    pub fn no_such_version(key: &str, version_id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NoSuchVersion", "The specified version does not exist.")
+            .with_ec("0012-00000203")
+            .with("Key", key)
+            .with("VersionId", version_id)
+    }
+
+    /// The key's current version is a delete marker: the key looks deleted (404 NoSuchKey), and the answer
+    /// says which marker hides it.
+    pub fn deleted_by_marker(key: &str, marker_version: &str) -> Self {
+        Self::no_such_key(key)
+            .with_header("x-oss-delete-marker", "true")
+            .with_header("x-oss-version-id", marker_version)
+    }
+
+    /// The version asked for is a delete marker: it has no data to read (405, as S3 answers; OSS follows).
+    pub fn version_is_delete_marker(version_id: &str) -> Self {
+        Self::method_not_allowed()
+            .with_header("x-oss-delete-marker", "true")
+            .with_header("x-oss-version-id", version_id)
+    }
+
+    pub fn no_such_lifecycle(bucket: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NoSuchLifecycle", "No Row found in Lifecycle Table.")
+            .with("BucketName", bucket)
+    }
+
     pub fn invalid_range() -> Self {
         Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange", "The requested range cannot be satisfied.")
+    }
+}
+
+impl OssError {
+    /// The `<Error>` document.
+    pub fn to_xml(&self, request_id: &str, host: &str) -> String {
+        let mut w = XmlWriter::new("Error");
+        w.elem("Code", &self.code).elem("Message", &self.message).elem("RequestId", request_id).elem("HostId", host);
+        for (name, value) in &self.extra {
+            w.elem(name, value);
+        }
+        w.elem("EC", self.ec);
+        w.elem("RecommendDoc", &format!("https://api.aliyun.com/troubleshoot?q={}", self.ec));
+        w.finish()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Fault injection, the server clock, and exact request statistics.
+//! Fault injection, the server clocks (requests, lifecycle), and exact request statistics.
 //!
 //! **Random faults** ([`FaultConfig`]) are decided per request from a hash of
 //! `(seed, operation, bucket, key, partNumber, attempt)`, where `attempt` counts earlier requests with the
@@ -150,6 +150,7 @@ pub struct Faults {
     attempts: Mutex<HashMap<u64, u32>>,
     stats: Mutex<Stats>,
     clock_offset_secs: AtomicI64,
+    lifecycle_offset_secs: AtomicI64,
     token_expired: AtomicBool,
     down: watch::Sender<DownMode>,
     down_generation: AtomicI64,
@@ -205,6 +206,7 @@ impl Faults {
             attempts: Mutex::new(HashMap::new()),
             stats: Mutex::new(Stats::default()),
             clock_offset_secs: AtomicI64::new(0),
+            lifecycle_offset_secs: AtomicI64::new(0),
             token_expired: AtomicBool::new(false),
             down,
             down_generation: AtomicI64::new(0),
@@ -250,6 +252,25 @@ impl Faults {
 
     pub fn set_clock_offset(&self, secs: i64) {
         self.clock_offset_secs.store(secs, Ordering::Relaxed);
+    }
+
+    /// The lifecycle clock: the server's now plus its own offset. Tests move it days ahead to make lifecycle
+    /// rules due without moving the request clock (which would make every signature too skewed).
+    pub fn lifecycle_now(&self) -> i64 {
+        crate::timefmt::unix_secs(self.now()) + self.lifecycle_offset_secs.load(Ordering::Relaxed)
+    }
+
+    pub fn lifecycle_offset(&self) -> i64 {
+        self.lifecycle_offset_secs.load(Ordering::Relaxed)
+    }
+
+    /// Move the lifecycle clock forward by `secs` (negative moves it back); returns the new offset.
+    pub fn advance_lifecycle_clock(&self, secs: i64) -> i64 {
+        self.lifecycle_offset_secs.fetch_add(secs, Ordering::Relaxed) + secs
+    }
+
+    pub fn reset_lifecycle_clock(&self) {
+        self.lifecycle_offset_secs.store(0, Ordering::Relaxed);
     }
 
     pub fn token_expired(&self) -> bool {

@@ -11,102 +11,24 @@
 //! a broken pipe on their side.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
-use super::auth::{self, AuthConfig, AuthRequest};
+use super::auth::{self, AuthRequest};
 use super::body::{self, Body, ConnCtl, RequestBody};
+use super::context::{Ctx, Shared};
 use super::control;
 use super::error::OssError;
-use super::faults::{DownMode, FaultConfig, Faults, RequestIdentity};
+use super::faults::{DownMode, Faults, RequestIdentity};
 use super::ops;
 use super::request::{Op, Query, Target, is_virtual_host, resolve_target, route};
-use super::store::Store;
-use super::xml::XmlWriter;
 use crate::timefmt;
-
-/// State shared by every connection of a running server.
-pub struct Shared {
-    pub store: Store,
-    pub faults: Arc<Faults>,
-    pub auth: Option<AuthConfig>,
-    pub base_domains: Vec<String>,
-    pub control_api: bool,
-    /// Region id reported by GetBucketLocation / GetBucketInfo (e.g. `cn-hangzhou`).
-    pub region: String,
-    /// The fault settings given at start (what the control API's `reset` restores).
-    pub initial_faults: FaultConfig,
-    request_seq: AtomicU64,
-    request_prefix: u32,
-}
-
-impl Shared {
-    pub fn new(
-        store: Store,
-        faults: Arc<Faults>,
-        auth: Option<AuthConfig>,
-        base_domains: Vec<String>,
-        control_api: bool,
-        region: String,
-        initial_faults: FaultConfig,
-    ) -> Self {
-        Shared {
-            store,
-            faults,
-            auth,
-            base_domains,
-            control_api,
-            region,
-            initial_faults,
-            request_seq: AtomicU64::new(1),
-            request_prefix: fastrand::u32(..),
-        }
-    }
-
-    /// 24 upper-case hex digits: a per-process random prefix and a counter, so ids are unique and ordered.
-    fn next_request_id(&self) -> String {
-        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08X}{:016X}", self.request_prefix, n)
-    }
-}
-
-/// One OSS request, decoded.
-pub struct Ctx {
-    pub request_id: String,
-    pub method: Method,
-    pub target: Target,
-    pub query: Query,
-    pub headers: HeaderMap,
-    /// The `Host` the client used (for `HostId` and `Location`).
-    pub host: String,
-    pub op: Op,
-    /// The server clock (with the test offset) when the request arrived.
-    pub now: SystemTime,
-}
-
-impl Ctx {
-    pub fn bucket(&self) -> &str {
-        self.target.bucket.as_deref().unwrap_or("")
-    }
-
-    pub fn key(&self) -> &str {
-        self.target.key.as_deref().unwrap_or("")
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
-    }
-
-    pub fn now_secs(&self) -> i64 {
-        timefmt::unix_secs(self.now)
-    }
-}
 
 /// Records the outcome of a request in the stats even if its future is dropped (client gone, reset).
 struct StatusGuard {
@@ -128,6 +50,7 @@ impl Drop for StatusGuard {
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnCtl>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -162,7 +85,17 @@ pub async fn handle(
         Err(e) => (Target::default(), Query::default(), Op::Unknown, Some(e)),
     };
     let is_head = parts.method == Method::HEAD;
-    let ctx = Ctx { request_id, method: parts.method, target, query, headers: parts.headers, host, op, now };
+    let ctx = Ctx {
+        request_id,
+        method: parts.method,
+        target,
+        query,
+        headers: parts.headers,
+        host,
+        op,
+        now,
+        peer: Some(peer),
+    };
     let faults = shared.faults.clone();
     faults.record_request(op.name());
     let mut guard = StatusGuard { faults: faults.clone(), op: op.name(), done: false, conn: conn.clone() };
@@ -290,23 +223,16 @@ fn finish(mut resp: Response<Body>, request_id: &str, now: SystemTime, started: 
     resp
 }
 
-/// The `<Error>` document.
-pub fn error_xml(e: &OssError, request_id: &str, host: &str) -> String {
-    let mut w = XmlWriter::new("Error");
-    w.elem("Code", &e.code).elem("Message", &e.message).elem("RequestId", request_id).elem("HostId", host);
-    for (name, value) in &e.extra {
-        w.elem(name, value);
-    }
-    w.elem("EC", e.ec);
-    w.elem("RecommendDoc", &format!("https://api.aliyun.com/troubleshoot?q={}", e.ec));
-    w.finish()
-}
-
 pub fn error_response(e: &OssError, request_id: &str, host: &str, is_head: bool) -> Response<Body> {
-    let xml = error_xml(e, request_id, host);
+    let xml = e.to_xml(request_id, host);
     let mut builder = Response::builder().status(e.status);
     if let Ok(v) = HeaderValue::from_str(e.ec) {
         builder = builder.header("x-oss-ec", v);
+    }
+    for (name, value) in &e.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            builder = builder.header(*name, v);
+        }
     }
     let no_body = is_head || e.status == StatusCode::NOT_MODIFIED;
     let resp = if no_body {

@@ -5,14 +5,19 @@
 //! OSS-PROTOCOL.md §11), robust (a malformed request gets an OSS error, never a panic) and crash-safe (a
 //! SIGKILL at any instant never leaves a torn object, and multipart uploads survive restarts).
 //!
-//! Layout:
-//! - [`store`]: the SQLite index plus immutable blob files, and its commit protocol;
-//! - `request`: addressing (path style / virtual host) and routing to an operation;
-//! - `auth`: Signature V1 / V4, header and presigned, STS tokens;
-//! - `ops`: the operations; `xml`: bodies in and out; `body`: streaming bodies;
-//! - [`faults`]: seeded fault injection, the server clock, exact stats; [`control`]: the test-only JSON API;
-//! - this module: configuration, the accept loop and per-connection control (a fault can abort a TCP
-//!   connection with a real RST mid-body).
+//! Layout, every import pointing down this list:
+//! - this module: configuration, the accept loop, per-connection control (a fault can abort a TCP
+//!   connection with a real RST mid-body) and the hourly lifecycle task;
+//! - `handler`: the request pipeline (addressing, routing, stats, faults, authentication, operation,
+//!   common headers); [`control`]: the test-only JSON API;
+//! - `context`: what handlers work with (`Shared`, the running server; `Ctx`, one request);
+//! - `ops`: the operations, one file per family (bucket and its configurations, listing, object, multipart);
+//! - `request`: addressing (path style / virtual host) and routing to an operation; `auth`: Signature V1 /
+//!   V4, header and presigned, STS tokens; `body`: streaming bodies; `callback`: upload callbacks;
+//! - [`lifecycle`]: lifecycle rules (XML in and out, validation, when a rule applies); `tags`: object tags;
+//! - [`store`]: the SQLite index plus immutable blob files, versions, the lifecycle pass, and the commit
+//!   protocol;
+//! - [`faults`]: seeded fault injection, the request and lifecycle clocks, exact stats; `xml`, `error`.
 //!
 //! Embedding:
 //! ```no_run
@@ -29,13 +34,17 @@
 
 mod auth;
 mod body;
+mod callback;
+mod context;
 pub mod control;
 mod error;
 pub mod faults;
 mod handler;
+pub mod lifecycle;
 mod ops;
 mod request;
 pub mod store;
+mod tags;
 mod xml;
 
 use std::net::SocketAddr;
@@ -57,10 +66,13 @@ pub use faults::{DownMode, FaultAction, FaultConfig, Faults, ScriptedFault, Stat
 
 use crate::remote::Credentials;
 use body::ConnCtl;
-use handler::Shared;
+use context::{Shared, SharedConfig};
 
 /// How long in-flight requests may take to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// OSS applies lifecycle rules once a day; a local server can afford to look every hour.
+pub const DEFAULT_LIFECYCLE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Everything needed to run a server.
 #[derive(Debug, Clone)]
@@ -84,6 +96,11 @@ pub struct ServerConfig {
     pub fsync: bool,
     /// Buckets to create at start if missing.
     pub buckets: Vec<String>,
+    /// Let upload callbacks go to addresses other than loopback ones (off: every callback stays on this
+    /// machine).
+    pub allow_remote_callbacks: bool,
+    /// How often the lifecycle rules are applied (`None`: only through the control API).
+    pub lifecycle_interval: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -98,6 +115,8 @@ impl ServerConfig {
             control_api: false,
             fsync: true,
             buckets: Vec::new(),
+            allow_remote_callbacks: false,
+            lifecycle_interval: Some(DEFAULT_LIFECYCLE_INTERVAL),
         }
     }
 }
@@ -138,16 +157,25 @@ impl Server {
             session_token: c.session_token.clone(),
             region: config.region.clone(),
         });
+        let callback_client = callback::client()
+            .map_err(|e| ServerError::Config(format!("cannot build the HTTP client for upload callbacks: {e}")))?;
         let shared = Arc::new(Shared::new(
             store.clone(),
             faults.clone(),
-            auth,
-            config.base_domains.clone(),
-            config.control_api,
-            config.region.clone().unwrap_or_else(|| "cn-hangzhou".into()),
-            config.faults.clone(),
+            SharedConfig {
+                auth,
+                base_domains: config.base_domains.clone(),
+                control_api: config.control_api,
+                region: config.region.clone().unwrap_or_else(|| "cn-hangzhou".into()),
+                initial_faults: config.faults.clone(),
+                callback_client,
+                allow_remote_callbacks: config.allow_remote_callbacks,
+            },
         ));
         let shutdown = CancellationToken::new();
+        if let Some(every) = config.lifecycle_interval {
+            tokio::spawn(lifecycle_loop(store.clone(), faults.clone(), every, shutdown.clone()));
+        }
         let task = tokio::spawn(accept_loop(listener, addr, shared, shutdown.clone()));
         tracing::info!(%addr, root = %config.root.display(), auth = config.credentials.is_some(), "ossmirror serve listening");
         Ok(RunningServer { addr, faults, store, shutdown, task: Some(task) })
@@ -201,6 +229,23 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Apply the lifecycle rules every `every`, on the lifecycle clock, until shutdown. A failed pass is logged
+/// and tried again next time.
+async fn lifecycle_loop(store: store::Store, faults: Arc<Faults>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let (s, now) = (store.clone(), faults.lifecycle_now());
+        match tokio::task::spawn_blocking(move || s.lifecycle_pass(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "lifecycle pass failed; it runs again at the next interval"),
+            Err(_) => tracing::error!("lifecycle pass panicked; it runs again at the next interval"),
+        }
     }
 }
 
@@ -299,7 +344,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let fd = stream.as_raw_fd();
     let ctl = Arc::new(ConnCtl::default());
     let (svc_shared, svc_ctl) = (shared.clone(), ctl.clone());
-    let service = service_fn(move |req| handler::handle(svc_shared.clone(), svc_ctl.clone(), req));
+    let service = service_fn(move |req| handler::handle(svc_shared.clone(), svc_ctl.clone(), peer, req));
     let conn =
         http1::Builder::new().timer(TokioTimer::new()).keep_alive(true).serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);

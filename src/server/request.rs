@@ -194,8 +194,14 @@ pub enum Op {
     GetBucketLocation,
     GetBucketAcl,
     PutBucketAcl,
+    GetBucketVersioning,
+    PutBucketVersioning,
+    GetBucketLifecycle,
+    PutBucketLifecycle,
+    DeleteBucketLifecycle,
     ListObjects,
     ListObjectsV2,
+    ListObjectVersions,
     ListMultipartUploads,
     DeleteMultipleObjects,
     PutObject,
@@ -206,6 +212,9 @@ pub enum Op {
     DeleteObject,
     GetObjectAcl,
     PutObjectAcl,
+    GetObjectTagging,
+    PutObjectTagging,
+    DeleteObjectTagging,
     InitiateMultipartUpload,
     UploadPart,
     UploadPartCopy,
@@ -227,8 +236,14 @@ impl Op {
             Op::GetBucketLocation => "GetBucketLocation",
             Op::GetBucketAcl => "GetBucketAcl",
             Op::PutBucketAcl => "PutBucketAcl",
+            Op::GetBucketVersioning => "GetBucketVersioning",
+            Op::PutBucketVersioning => "PutBucketVersioning",
+            Op::GetBucketLifecycle => "GetBucketLifecycle",
+            Op::PutBucketLifecycle => "PutBucketLifecycle",
+            Op::DeleteBucketLifecycle => "DeleteBucketLifecycle",
             Op::ListObjects => "ListObjects",
             Op::ListObjectsV2 => "ListObjectsV2",
+            Op::ListObjectVersions => "ListObjectVersions",
             Op::ListMultipartUploads => "ListMultipartUploads",
             Op::DeleteMultipleObjects => "DeleteMultipleObjects",
             Op::PutObject => "PutObject",
@@ -239,6 +254,9 @@ impl Op {
             Op::DeleteObject => "DeleteObject",
             Op::GetObjectAcl => "GetObjectAcl",
             Op::PutObjectAcl => "PutObjectAcl",
+            Op::GetObjectTagging => "GetObjectTagging",
+            Op::PutObjectTagging => "PutObjectTagging",
+            Op::DeleteObjectTagging => "DeleteObjectTagging",
             Op::InitiateMultipartUpload => "InitiateMultipartUpload",
             Op::UploadPart => "UploadPart",
             Op::UploadPartCopy => "UploadPartCopy",
@@ -256,14 +274,12 @@ const UNSUPPORTED: &[&str] = &[
     "append",
     "asyncFetch",
     "bucketVersion",
-    "callback",
     "cname",
     "comp",
     "cors",
     "encryption",
     "img",
     "inventory",
-    "lifecycle",
     "live",
     "logging",
     "policy",
@@ -276,10 +292,7 @@ const UNSUPPORTED: &[&str] = &[
     "stat",
     "style",
     "symlink",
-    "tagging",
     "transferAcceleration",
-    "versioning",
-    "versions",
     "vod",
     "website",
     "worm",
@@ -299,6 +312,12 @@ pub fn route(method: &http::Method, target: &Target, query: &Query, has_copy_sou
         },
         (Some(_), None) => match *method {
             Method::GET if query.has("acl") => Op::GetBucketAcl,
+            Method::GET if query.has("versioning") => Op::GetBucketVersioning,
+            Method::GET if query.has("versions") => Op::ListObjectVersions,
+            Method::GET if query.has("lifecycle") => Op::GetBucketLifecycle,
+            Method::GET if query.has("tagging") => {
+                return Err(OssError::not_implemented("Bucket tagging (?tagging on a bucket)"));
+            }
             Method::GET if query.has("bucketInfo") => Op::GetBucketInfo,
             Method::GET if query.has("location") => Op::GetBucketLocation,
             Method::GET if query.has("uploads") => Op::ListMultipartUploads,
@@ -311,7 +330,13 @@ pub fn route(method: &http::Method, target: &Target, query: &Query, has_copy_sou
             },
             Method::HEAD => Op::HeadBucket,
             Method::PUT if query.has("acl") => Op::PutBucketAcl,
+            Method::PUT if query.has("versioning") => Op::PutBucketVersioning,
+            Method::PUT if query.has("lifecycle") => Op::PutBucketLifecycle,
+            Method::PUT | Method::DELETE if query.has("tagging") => {
+                return Err(OssError::not_implemented("Bucket tagging (?tagging on a bucket)"));
+            }
             Method::PUT => Op::PutBucket,
+            Method::DELETE if query.has("lifecycle") => Op::DeleteBucketLifecycle,
             Method::DELETE => Op::DeleteBucket,
             Method::POST if query.has("delete") => Op::DeleteMultipleObjects,
             _ => return Err(OssError::method_not_allowed()),
@@ -327,14 +352,17 @@ pub fn route(method: &http::Method, target: &Target, query: &Query, has_copy_sou
                     if has_copy_source { Op::UploadPartCopy } else { Op::UploadPart }
                 }
                 Method::PUT if query.has("acl") => Op::PutObjectAcl,
+                Method::PUT if query.has("tagging") => Op::PutObjectTagging,
                 Method::PUT if has_copy_source => Op::CopyObject,
                 Method::PUT => Op::PutObject,
                 Method::GET if has_upload => Op::ListParts,
                 Method::GET if query.has("acl") => Op::GetObjectAcl,
+                Method::GET if query.has("tagging") => Op::GetObjectTagging,
                 Method::GET => Op::GetObject,
                 Method::HEAD if query.has("objectMeta") => Op::GetObjectMeta,
                 Method::HEAD => Op::HeadObject,
                 Method::DELETE if has_upload => Op::AbortMultipartUpload,
+                Method::DELETE if query.has("tagging") => Op::DeleteObjectTagging,
                 Method::DELETE => Op::DeleteObject,
                 Method::POST if query.has("uploads") => Op::InitiateMultipartUpload,
                 Method::POST if has_upload => Op::CompleteMultipartUpload,
@@ -409,7 +437,13 @@ mod tests {
         assert_eq!(route(&Method::PUT, &obj, &q("partNumber=1&uploadId=x"), true).unwrap(), Op::UploadPartCopy);
         assert_eq!(route(&Method::PUT, &obj, &q(""), true).unwrap(), Op::CopyObject);
         assert_eq!(route(&Method::PUT, &obj, &q("partNumber=1"), false).unwrap_err().code, "InvalidArgument");
-        assert_eq!(route(&Method::PUT, &obj, &q("tagging"), false).unwrap_err().code, "NotImplemented");
+        assert_eq!(route(&Method::PUT, &obj, &q("tagging"), false).unwrap(), Op::PutObjectTagging);
+        assert_eq!(route(&Method::DELETE, &obj, &q("tagging&versionId=v"), false).unwrap(), Op::DeleteObjectTagging);
+        assert_eq!(route(&Method::PUT, &obj, &q("symlink"), false).unwrap_err().code, "NotImplemented");
+        assert_eq!(route(&Method::GET, &bucket, &q("versions&prefix="), false).unwrap(), Op::ListObjectVersions);
+        assert_eq!(route(&Method::PUT, &bucket, &q("versioning"), false).unwrap(), Op::PutBucketVersioning);
+        assert_eq!(route(&Method::DELETE, &bucket, &q("lifecycle"), false).unwrap(), Op::DeleteBucketLifecycle);
+        assert_eq!(route(&Method::PUT, &bucket, &q("tagging"), false).unwrap_err().code, "NotImplemented");
         assert_eq!(route(&Method::GET, &bucket, &q("list-type=2&prefix="), false).unwrap(), Op::ListObjectsV2);
         assert_eq!(route(&Method::GET, &bucket, &q("prefix="), false).unwrap(), Op::ListObjects);
         assert_eq!(route(&Method::POST, &bucket, &q("delete"), false).unwrap(), Op::DeleteMultipleObjects);
