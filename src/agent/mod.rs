@@ -773,10 +773,17 @@ impl Loop {
         let now = Instant::now();
         let due = self.check.next_at.is_some_and(|at| at <= now);
         let surprise_ok =
-            self.settings.once || self.check.last_started.is_none_or(|t| now.duration_since(t) >= CHECK_RETRY);
+            self.settings.once || self.check.last_started.is_none_or(|t| now.duration_since(t) >= self.check_retry());
         if due || (self.check.wanted && surprise_ok) {
             self.start_check(tx);
         }
+    }
+
+    /// How soon a check may follow the last one when asked for or after a failure: a minute, or the
+    /// periodic interval if that is shorter.
+    fn check_retry(&self) -> Duration {
+        let interval = self.settings.remote_check_interval;
+        if interval.is_zero() { CHECK_RETRY } else { CHECK_RETRY.min(interval) }
     }
 
     fn on_check(&mut self, request: CheckRequest) {
@@ -817,7 +824,8 @@ impl Loop {
                 self.failed.push(why);
                 self.check.first_done = true;
             } else {
-                let delay = if self.settings.once { ONCE_CHECK_RETRY * self.check.failures } else { CHECK_RETRY };
+                let delay =
+                    if self.settings.once { ONCE_CHECK_RETRY * self.check.failures } else { self.check_retry() };
                 self.check.next_at = Some(now + delay);
             }
         } else {

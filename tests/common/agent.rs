@@ -252,6 +252,11 @@ impl BucketView {
         self.runtime.block_on(put).unwrap_or_else(|e| panic!("PUT {key}: {e}"));
     }
 
+    pub fn delete(&self, key: &str) {
+        let delete = self.client.delete_object(&self.bucket, key);
+        self.runtime.block_on(delete).unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
+    }
+
     /// Start a multipart upload (and leave it unfinished); returns its id.
     pub fn initiate(&self, key: &str) -> String {
         let options = ObjectOptions::default();
