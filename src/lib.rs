@@ -10,6 +10,7 @@ pub mod agent;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod engine;
 pub mod remote;
 pub mod server;
