@@ -40,6 +40,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Compare the remote with the local tree by size and CRC-64.
     Verify(VerifyArgs),
+    /// Check the setup: where the credentials come from, the endpoint, the clock, the bucket, inotify.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +120,10 @@ pub struct RemoteArgs {
     /// Sign each S3 request body's SHA-256 instead of UNSIGNED-PAYLOAD (for servers that require it).
     #[arg(long)]
     pub s3_sign_payload: bool,
+
+    /// Send unsigned requests (a public bucket) instead of looking for credentials.
+    #[arg(long, conflicts_with_all = ["access_key_id", "access_key_secret"])]
+    pub anonymous: bool,
 }
 
 /// The agent: `ossmirror --watch DIR --bucket B`.
@@ -365,6 +371,11 @@ pub struct StatusArgs {
     #[arg(long, value_name = "PREFIX", requires = "watch")]
     pub prefix: Option<String>,
 
+    /// The agent's config file (the service's is /etc/ossmirror/config.toml): its `state_db`, or its
+    /// `watch`, `bucket` and `prefix`, find the database.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Print one JSON document (fields documented in `ossmirror status --help`'s source, src/cmd/status.rs).
     #[arg(long)]
     pub json: bool,
@@ -404,6 +415,25 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print JSON Lines: one object per finding, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ossmirror doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The bucket to list [default: `bucket` in the config file].
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    /// The key prefix to list [default: `prefix` in the config file].
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Config file (TOML) [default: /etc/ossmirror/config.toml if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document: {"checks": [{"check", "status": "ok"|"warn"|"fail", "detail"}]}.
     #[arg(long)]
     pub json: bool,
 }

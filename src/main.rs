@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => cmd::serve::run(args).await,
             Some(Command::Status(args)) => cmd::status::run(args).await,
             Some(Command::Verify(args)) => cmd::verify::run(args).await,
+            Some(Command::Doctor(args)) => cmd::doctor::run(args).await,
             None => cmd::agent::run(cli.agent).await,
         }
     });

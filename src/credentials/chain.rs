@@ -155,7 +155,7 @@ pub async fn resolve(env: &ChainEnv, mut tried: Vec<Tried>) -> Result<Resolved, 
     for (source, step) in steps {
         match step(env).await {
             Step::Found(provider) => {
-                tracing::info!(source = provider.source(), "credentials found");
+                tracing::info!(source = %provider.source(), "credentials found");
                 return Ok(Resolved { provider, tried });
             }
             Step::Skip(source_detail, outcome) => {

@@ -250,7 +250,7 @@ pub async fn refresh_after_refusal(provider: Option<&Arc<dyn CredentialsProvider
         Ok(refreshed) => {
             if refreshed {
                 tracing::info!(
-                    source = provider.source(),
+                    source = %provider.source(),
                     code = code.unwrap_or(""),
                     "the server refused the credentials; fetched new ones, retrying once"
                 );
@@ -258,7 +258,7 @@ pub async fn refresh_after_refusal(provider: Option<&Arc<dyn CredentialsProvider
             refreshed
         }
         Err(e) => {
-            tracing::warn!(source = provider.source(), error = %e, "the server refused the credentials and new ones could not be fetched");
+            tracing::warn!(source = %provider.source(), error = %e, "the server refused the credentials and new ones could not be fetched");
             false
         }
     }
