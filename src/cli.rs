@@ -20,7 +20,9 @@ use crate::units::{ByteSize, HumanDuration};
     about = "Mirror a local folder into Alibaba Cloud OSS (or an S3-compatible store), resumably and verifiably",
     long_about = None,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    // Only the agent has an embedded store to fall back on.
+    mut_arg("endpoint", |a| a.help(AGENT_ENDPOINT_HELP))
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +31,11 @@ pub struct Cli {
     #[command(flatten)]
     pub agent: AgentArgs,
 }
+
+const AGENT_ENDPOINT_HELP: &str = "Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. \
+     Without one, the agent runs an embedded local server and objects stay on this machine";
+const VERIFY_ENDPOINT_HELP: &str = "Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. \
+     Without one, verify checks the agent's embedded local store (next to its state database)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -42,6 +49,19 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Check the setup: where the credentials come from, the endpoint, the clock, the bucket, inotify.
     Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output (packaging runs it to install ossmirror(1)).
+    #[command(hide = true)]
+    Man,
+}
+
+/// `ossmirror completions SHELL`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. bash: `ossmirror completions bash > /etc/bash_completion.d/ossmirror`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,8 +103,7 @@ pub enum LogFormat {
 /// Where to send requests and how to sign them (shared by the agent, `cp` and `verify`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct RemoteArgs {
-    /// Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. Without one, the agent
-    /// runs an embedded local server and objects stay on this machine.
+    /// Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT].
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
 
@@ -383,6 +402,7 @@ pub struct StatusArgs {
 
 /// `ossmirror verify --watch DIR --bucket B`.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("endpoint", |a| a.help(VERIFY_ENDPOINT_HELP)))]
 pub struct VerifyArgs {
     /// Local directory to compare.
     #[arg(long, value_name = "DIR")]

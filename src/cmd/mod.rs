@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cp;
 pub mod doctor;
+pub mod generate;
 pub mod serve;
 pub mod status;
 pub mod verify;
