@@ -20,7 +20,9 @@ use crate::units::{ByteSize, HumanDuration};
     about = "Mirror a local folder into Alibaba Cloud OSS (or an S3-compatible store), resumably and verifiably",
     long_about = None,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    // Only the agent has an embedded store to fall back on.
+    mut_arg("endpoint", |a| a.help(AGENT_ENDPOINT_HELP))
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,6 +31,11 @@ pub struct Cli {
     #[command(flatten)]
     pub agent: AgentArgs,
 }
+
+const AGENT_ENDPOINT_HELP: &str = "Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. \
+     Without one, the agent runs an embedded local server and objects stay on this machine";
+const VERIFY_ENDPOINT_HELP: &str = "Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. \
+     Without one, verify checks the agent's embedded local store (next to its state database)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -40,6 +47,21 @@ pub enum Command {
     Status(StatusArgs),
     /// Compare the remote with the local tree by size and CRC-64.
     Verify(VerifyArgs),
+    /// Check the setup: where the credentials come from, the endpoint, the clock, the bucket, inotify.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to standard output (packaging runs it to install ossmirror(1)).
+    #[command(hide = true)]
+    Man,
+}
+
+/// `ossmirror completions SHELL`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. bash: `ossmirror completions bash > /etc/bash_completion.d/ossmirror`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,8 +103,7 @@ pub enum LogFormat {
 /// Where to send requests and how to sign them (shared by the agent, `cp` and `verify`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct RemoteArgs {
-    /// Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT]. Without one, the agent
-    /// runs an embedded local server and objects stay on this machine.
+    /// Endpoint URL, e.g. https://oss-cn-hangzhou.aliyuncs.com [env: OSS_ENDPOINT].
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
 
@@ -118,6 +139,10 @@ pub struct RemoteArgs {
     /// Sign each S3 request body's SHA-256 instead of UNSIGNED-PAYLOAD (for servers that require it).
     #[arg(long)]
     pub s3_sign_payload: bool,
+
+    /// Send unsigned requests (a public bucket) instead of looking for credentials.
+    #[arg(long, conflicts_with_all = ["access_key_id", "access_key_secret"])]
+    pub anonymous: bool,
 }
 
 /// The agent: `ossmirror --watch DIR --bucket B`.
@@ -384,6 +409,11 @@ pub struct StatusArgs {
     #[arg(long, value_name = "PREFIX", requires = "watch")]
     pub prefix: Option<String>,
 
+    /// The agent's config file (the service's is /etc/ossmirror/config.toml): its `state_db`, or its
+    /// `watch`, `bucket` and `prefix`, find the database.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Print one JSON document (fields documented in `ossmirror status --help`'s source, src/cmd/status.rs).
     #[arg(long)]
     pub json: bool,
@@ -391,6 +421,7 @@ pub struct StatusArgs {
 
 /// `ossmirror verify --watch DIR --bucket B`.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("endpoint", |a| a.help(VERIFY_ENDPOINT_HELP)))]
 pub struct VerifyArgs {
     /// Local directory to compare.
     #[arg(long, value_name = "DIR")]
@@ -423,6 +454,25 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print JSON Lines: one object per finding, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ossmirror doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The bucket to list [default: `bucket` in the config file].
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    /// The key prefix to list [default: `prefix` in the config file].
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Config file (TOML) [default: /etc/ossmirror/config.toml if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document: {"checks": [{"check", "status": "ok"|"warn"|"fail", "detail"}]}.
     #[arg(long)]
     pub json: bool,
 }

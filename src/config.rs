@@ -17,16 +17,24 @@
 //! ```
 //!
 //! Unknown keys and bad values are rejected with a message naming the file and the key. Credentials are
-//! best kept out of the file (use an EnvironmentFile with mode 0600 under systemd); if the file holds a
-//! secret and other users can read it, we warn.
+//! best kept out of the file (use an EnvironmentFile with mode 0600 under systemd, or no keys at all on ECS
+//! and ACK: the chain of [`crate::credentials`] finds the instance role or the pod's OIDC token); if the
+//! file holds a secret and other users can read it, we warn.
+//!
+//! Credentials are resolved in two steps: [`RemoteSettings::resolve`] reads the static keys (flags, then
+//! environment, then file, per field, as before the chain existed) without any I/O beyond the config file;
+//! [`RemoteSettings::resolve_credentials`] then, with an endpoint and no static keys, walks the rest of the
+//! chain (profiles, ECS, STS), which may talk to the network.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::cli::{AgentArgs, LogFormat, RemoteArgs};
+use crate::credentials::{ChainEnv, ChainError, CredentialsProvider, StaticProvider, Tried};
 use crate::remote::oss::sign::SignatureVersion;
 use crate::remote::{Credentials, Dialect};
 use crate::units::{parse_duration, parse_size};
@@ -62,6 +70,8 @@ pub struct FileConfig {
     pub access_key_id: Option<String>,
     pub access_key_secret: Option<String>,
     pub session_token: Option<String>,
+    /// Send unsigned requests (a public bucket): no credentials are looked for.
+    pub anonymous: Option<bool>,
     pub path_style: Option<bool>,
     pub s3_integrity: Option<String>,
     pub s3_sign_payload: Option<bool>,
@@ -135,14 +145,23 @@ impl<const N: usize> Env for [(&str, &str); N] {
 }
 
 /// How to reach the remote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RemoteSettings {
     pub protocol: Dialect,
     /// `None`: no endpoint configured anywhere (the agent then runs its embedded server).
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub signature: SignatureVersion,
+    /// Static keys from flags, environment or config file, if any.
     pub credentials: Option<Credentials>,
+    /// Where `credentials` came from (variable or flag names, never values).
+    pub credentials_source: Option<String>,
+    /// `--anonymous`: unsigned requests, no credentials looked for.
+    pub anonymous: bool,
+    /// What the clients sign with, once [`RemoteSettings::resolve_credentials`] ran.
+    pub provider: Option<Arc<dyn CredentialsProvider>>,
+    /// The config file read, for messages.
+    pub config_file: Option<PathBuf>,
     pub path_style: bool,
     /// S3 only: how uploads are verified.
     pub s3_integrity: crate::remote::s3::IntegrityMode,
@@ -154,6 +173,38 @@ pub struct RemoteSettings {
 
 fn first<T>(options: impl IntoIterator<Item = Option<T>>) -> Option<T> {
     options.into_iter().flatten().next()
+}
+
+/// The first value given, with the name of where it came from.
+fn first_named(options: impl IntoIterator<Item = (&'static str, Option<String>)>) -> Option<(&'static str, String)> {
+    options.into_iter().find_map(|(name, value)| value.map(|v| (name, v)))
+}
+
+/// The names the static keys are read from, per dialect, in precedence order.
+struct StaticSources {
+    ids: [&'static str; 4],
+    secrets: [&'static str; 4],
+    tokens: [&'static str; 2],
+}
+
+const FILE_ID: &str = "config file `access_key_id`";
+const FILE_SECRET: &str = "config file `access_key_secret`";
+const FILE_TOKEN: &str = "config file `session_token`";
+
+fn static_sources(protocol: Dialect) -> StaticSources {
+    match protocol {
+        // The OSS SDKs' variables, then the credentials SDKs' (their `env` provider).
+        Dialect::Oss => StaticSources {
+            ids: ["--access-key-id", "OSS_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_ID", FILE_ID],
+            secrets: ["--access-key-secret", "OSS_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", FILE_SECRET],
+            tokens: ["OSS_SESSION_TOKEN", "ALIBABA_CLOUD_SECURITY_TOKEN"],
+        },
+        Dialect::S3 => StaticSources {
+            ids: ["--access-key-id", "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID", FILE_ID],
+            secrets: ["--access-key-secret", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", FILE_SECRET],
+            tokens: ["AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN"],
+        },
+    }
 }
 
 fn file_value<T>(
@@ -190,40 +241,71 @@ impl RemoteSettings {
             None => file_value(file_path, "signature", file.signature.as_deref(), |v| v.parse())?
                 .unwrap_or(SignatureVersion::V4),
         };
-        let (id_var, secret_var, token_var, region_var, endpoint_var) = match protocol {
-            Dialect::Oss => {
-                ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN", "OSS_REGION", "OSS_ENDPOINT")
-            }
-            Dialect::S3 => {
-                ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL")
-            }
+        let (region_var, endpoint_var) = match protocol {
+            Dialect::Oss => ("OSS_REGION", "OSS_ENDPOINT"),
+            Dialect::S3 => ("AWS_REGION", "AWS_ENDPOINT_URL"),
         };
         let endpoint = first([flags.endpoint.clone(), env.var(endpoint_var), file.endpoint.clone()]);
         let region = first([flags.region.clone(), env.var(region_var), file.region.clone()]);
-        let id = first([flags.access_key_id.clone(), env.var(id_var), file.access_key_id.clone()]);
+        let names = static_sources(protocol);
+        let [flag_id, env_id, env2_id, _] = names.ids;
+        let [flag_secret, env_secret, env2_secret, _] = names.secrets;
+        let id = first_named([
+            (flag_id, flags.access_key_id.clone()),
+            (env_id, env.var(env_id)),
+            (env2_id, env.var(env2_id)),
+            (FILE_ID, file.access_key_id.clone()),
+        ]);
         let secret_from_flag = flags.access_key_secret.is_some();
-        let secret = first([flags.access_key_secret.clone(), env.var(secret_var), file.access_key_secret.clone()]);
-        let token = first([env.var(token_var), file.session_token.clone()]);
-        let credentials = match (id, secret) {
-            (Some(id), Some(secret)) => {
-                let c = Credentials::new(id, secret);
-                Some(match token {
-                    Some(t) => c.with_session_token(t),
-                    None => c,
-                })
+        let secret = first_named([
+            (flag_secret, flags.access_key_secret.clone()),
+            (env_secret, env.var(env_secret)),
+            (env2_secret, env.var(env2_secret)),
+            (FILE_SECRET, file.access_key_secret.clone()),
+        ]);
+        let token = first_named([
+            (names.tokens[0], env.var(names.tokens[0])),
+            (names.tokens[1], env.var(names.tokens[1])),
+            (FILE_TOKEN, file.session_token.clone()),
+        ]);
+        let anonymous = flags.anonymous || file.anonymous.unwrap_or(false);
+        let (credentials, credentials_source) = match (id, secret) {
+            (Some((id_from, id)), Some((secret_from, secret))) => {
+                let mut from = vec![id_from, secret_from];
+                let mut c = Credentials::new(id, secret);
+                if let Some((token_from, t)) = token {
+                    c = c.with_session_token(t);
+                    from.push(token_from);
+                }
+                from.dedup();
+                (Some(c), Some(from.join(", ")))
             }
-            (None, None) => None,
-            (Some(_), None) => {
+            (None, None) => {
+                if let Some((token_from, _)) = token {
+                    return Err(ConfigError::Missing(format!(
+                        "a session token is set ({token_from}) but no access key id and secret: set {env_id} and \
+                         {env_secret} with it"
+                    )));
+                }
+                (None, None)
+            }
+            (Some((from, _)), None) => {
                 return Err(ConfigError::Missing(format!(
-                    "an access key id is set but no secret: set {secret_var} (or --access-key-secret)"
+                    "an access key id is set ({from}) but no secret: set {env_secret} (or --access-key-secret)"
                 )));
             }
-            (None, Some(_)) => {
+            (None, Some((from, _))) => {
                 return Err(ConfigError::Missing(format!(
-                    "an access key secret is set but no id: set {id_var} (or --access-key-id)"
+                    "an access key secret is set ({from}) but no id: set {env_id} (or --access-key-id)"
                 )));
             }
         };
+        if anonymous && credentials.is_some() {
+            return Err(ConfigError::Missing(format!(
+                "--anonymous sends unsigned requests, but credentials are given too ({}): drop one or the other",
+                credentials_source.as_deref().unwrap_or("")
+            )));
+        }
         let s3_integrity = match &flags.s3_integrity {
             Some(v) => v.parse().map_err(ConfigError::Missing)?,
             None => {
@@ -238,9 +320,54 @@ impl RemoteSettings {
             region,
             signature,
             credentials,
+            credentials_source,
+            anonymous,
+            provider: None,
+            config_file: file_path.clone(),
             path_style: flags.path_style || file.path_style.unwrap_or(false),
             secret_from_flag,
         })
+    }
+
+    /// Decide what the clients sign with: nothing without an endpoint (the embedded store has its own
+    /// keys) or with `--anonymous`; the static keys when given; else, for OSS, the rest of the chain of
+    /// [`crate::credentials`], which may fetch temporary credentials (and keeps refreshing them). No
+    /// credentials anywhere is [`ChainError::NotFound`], listing every source looked at.
+    pub async fn resolve_credentials(&mut self, env: ChainEnv) -> Result<(), ChainError> {
+        if self.endpoint.is_none() || self.anonymous {
+            return Ok(());
+        }
+        if let Some(c) = &self.credentials {
+            let source = self.credentials_source.clone().unwrap_or_else(|| "configured access key".into());
+            tracing::info!(source = %source, "credentials found");
+            self.provider = Some(StaticProvider::shared(c.clone(), source));
+            return Ok(());
+        }
+        let tried = self.static_sources_tried();
+        let resolved = match self.protocol {
+            Dialect::Oss => crate::credentials::chain::resolve(&env, tried).await?,
+            // The Alibaba chain serves OSS; an S3 store (SeaweedFS, MinIO…) takes keys only.
+            Dialect::S3 => return Err(ChainError::NotFound { tried }),
+        };
+        self.provider = Some(resolved.provider);
+        Ok(())
+    }
+
+    /// The static sources, all found empty (else there would be keys, or an error about half a pair).
+    fn static_sources_tried(&self) -> Vec<Tried> {
+        let names = static_sources(self.protocol);
+        let mut tried = vec![Tried::new("--access-key-id / --access-key-secret", "not given")];
+        let mut pairs: Vec<(&str, &str)> = vec![(names.ids[1], names.secrets[1]), (names.ids[2], names.secrets[2])];
+        pairs.dedup();
+        for (id, secret) in pairs {
+            tried.push(Tried::new(format!("{id} / {secret}"), "not set"));
+        }
+        let file = match &self.config_file {
+            Some(path) => format!("not in {}", path.display()),
+            None => "no config file".to_string(),
+        };
+        tried.push(Tried::new("config file access_key_id / access_key_secret", file));
+        tried
     }
 }
 
@@ -262,6 +389,7 @@ impl RemoteSettings {
                 config.region = self.region.clone();
                 config.signature = self.signature;
                 config.credentials = self.credentials.clone();
+                config.credentials_provider = self.provider.clone();
                 config.path_style = self.path_style;
                 config.throttle = throttle;
                 let client =
@@ -272,6 +400,7 @@ impl RemoteSettings {
                 let mut config = crate::remote::s3::S3Config::new(endpoint.clone());
                 config.region = self.region.clone();
                 config.credentials = self.credentials.clone();
+                config.credentials_provider = self.provider.clone();
                 config.path_style = self.path_style;
                 config.integrity = self.s3_integrity;
                 config.throttle = throttle;

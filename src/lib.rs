@@ -11,6 +11,7 @@ pub mod beneath;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod engine;
 pub mod remote;
 pub mod server;

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => cmd::serve::run(args).await,
             Some(Command::Status(args)) => cmd::status::run(args).await,
             Some(Command::Verify(args)) => cmd::verify::run(args).await,
+            Some(Command::Doctor(args)) => cmd::doctor::run(args).await,
+            Some(Command::Completions(args)) => cmd::generate::completions(args.shell),
+            Some(Command::Man) => cmd::generate::man(),
             None => cmd::agent::run(cli.agent).await,
         }
     });
@@ -77,7 +80,9 @@ fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_env("OSSMIRROR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: journald, log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

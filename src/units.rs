@@ -120,7 +120,10 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseUnitError> {
         let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
-        let secs_per_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        if unit.contains(char::is_whitespace) {
+            return Err(duration_err(input, "no space between a number and its unit: write 2s, not 2 s"));
+        }
+        let secs_per_unit = match unit.to_ascii_lowercase().as_str() {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
             "ms" => 1e-3,
@@ -220,10 +223,12 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
-        for bad in ["", "s", "5x", "h5", "-1", "1h30"] {
+        for bad in ["", "s", "5x", "h5", "-1", "1h30", "2 seconds", "2 s", "1h 30m"] {
             let err = parse_duration(bad).unwrap_err().to_string();
             assert!(err.contains("invalid duration"), "{bad}: {err}");
         }
+        // `2 seconds` was refused but `2 s` taken: a space is refused the same way, saying so.
+        assert!(parse_duration("2 s").unwrap_err().to_string().contains("no space"), "{:?}", parse_duration("2 s"));
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
     }

@@ -58,6 +58,7 @@ impl Bed {
             .env("NO_COLOR", "1")
             .env_remove("OSS_ENDPOINT")
             .stdin(Stdio::null());
+        common::isolate_from_cloud(&mut cmd);
         cmd
     }
 

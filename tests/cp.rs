@@ -131,6 +131,7 @@ impl Setup {
             .env("NO_COLOR", "1")
             .env("OSS_ACCESS_KEY_ID", AK)
             .env("OSS_ACCESS_KEY_SECRET", SK);
+        common::isolate_from_cloud(&mut cmd);
         Cp {
             cmd,
             checkpoint_db: Some(self.db()),
@@ -784,7 +785,7 @@ fn sigint_with_abort_on_cancel_aborts_the_upload_and_deletes_the_checkpoint() {
     let data = sigint_data();
     let file = s.file("cancel.bin", &data);
     let out = interrupt(&s, s.cp_parts(&file, "cancel.bin").args(["--abort-on-cancel"]));
-    out.expect_code(1).stderr_has(&["cancelled", "aborted"]);
+    out.expect_code(130).stderr_has(&["cancelled", "aborted"]);
     assert_eq!(s.checkpoints(), 0, "the checkpoint was not deleted");
     assert_eq!(s.op("AbortMultipartUpload").requests, 1);
     let seen = s.assert_no_object("cancel.bin");
@@ -797,7 +798,7 @@ fn sigint_keeps_the_checkpoint_and_the_resume_sends_only_the_remaining_parts() {
     let data = sigint_data();
     let file = s.file("resume.bin", &data);
     let out = interrupt(&s, s.cp_parts(&file, "resume.bin"));
-    out.expect_code(1).stderr_has(&["run the same command again to resume"]);
+    out.expect_code(130).stderr_has(&["run the same command again to resume"]);
     assert_eq!(s.checkpoints(), 1);
     let kept = s.recorded_parts();
     let kept_bytes: u64 = kept.iter().map(|p| p.1).sum();
@@ -823,7 +824,7 @@ fn no_checkpoint_writes_no_database_and_sigint_aborts_the_upload() {
     let data = sigint_data();
     let file = s.file("nockpt.bin", &data);
     let out = interrupt(&s, s.cp_parts(&file, "nockpt.bin").no_checkpoint());
-    out.expect_code(1).stderr_has(&["the server-side upload was aborted"]);
+    out.expect_code(130).stderr_has(&["the server-side upload was aborted"]);
     let seen = s.assert_no_object("nockpt.bin");
     assert_eq!(seen["uploads"], json!([]), "the server-side upload was not aborted");
 
@@ -864,6 +865,12 @@ fn bad_input_exits_2_naming_the_fix_before_any_request() {
         let cp = s.cp_to(&file, destination).args(args);
         cp.run().expect_code(2).stderr_has(&[fix]);
     }
+    // A missing file is named as missing (it used to "disappear while it was being uploaded").
+    let missing = s.path("no-such-file.bin");
+    let out = s.cp_to(&missing, "oss://cp-bucket/k").run();
+    out.expect_code(2).stderr_has(&["no-such-file.bin does not exist"]);
+    assert!(!out.stderr.contains("disappeared"), "{}", out.stderr);
+    s.cp_to(&s.path(""), "oss://cp-bucket/k").run().expect_code(2).stderr_has(&["is a directory"]);
     assert_eq!(s.requests(), 0, "usage errors must be caught before talking to the server");
 }
 

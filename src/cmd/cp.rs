@@ -3,7 +3,8 @@
 //! Exit code 0 only when the object is verified (its CRC-64 equals the bytes read from an unchanged file).
 //! Ctrl-C stops gracefully: parts in flight finish and are checkpointed, so running the same command again
 //! resumes; with `--abort-on-cancel` the server-side upload is aborted and the checkpoint deleted instead.
-//! A second Ctrl-C exits at once (the checkpoint is still consistent: parts are recorded only once acked).
+//! Either way the exit code is 130, as for any command a shell interrupted. A second Ctrl-C exits at once
+//! (the checkpoint is still consistent: parts are recorded only once acked).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -23,18 +24,22 @@ use super::UsageError;
 
 pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     let (bucket, key) = parse_destination(&args.destination, &args.source)?;
+    check_source(&args.source)?;
     let (file, file_path) = FileConfig::load(args.config.as_deref())?;
-    let settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
+    let mut settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
     super::warn_secret_flag(&settings);
-    let remote = settings.connect()?.ok_or_else(|| {
+    if settings.endpoint.is_none() {
         let variable = match settings.protocol {
             ossmirror::remote::Dialect::Oss => "OSS_ENDPOINT",
             ossmirror::remote::Dialect::S3 => "AWS_ENDPOINT_URL",
         };
-        UsageError(format!(
+        return Err(UsageError(format!(
             "cp needs an endpoint: give --endpoint URL or set {variable} (or `endpoint` in the config file)"
         ))
-    })?;
+        .into());
+    }
+    super::resolve_credentials(&mut settings).await?;
+    let remote = settings.connect()?.ok_or_else(|| UsageError("cp needs an endpoint".into()))?;
     let scheme = match settings.protocol {
         ossmirror::remote::Dialect::Oss => "oss",
         ossmirror::remote::Dialect::S3 => "s3",
@@ -129,12 +134,29 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("ossmirror: cancelled; the server-side upload was aborted");
             }
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(130))
         }
         Err(e) => {
             Err(anyhow::Error::new(e)
                 .context(format!("uploading {} to {scheme}://{bucket}/{key}", args.source.display())))
         }
+    }
+}
+
+/// The file to upload must exist and be a regular file (or a link to one): say so before anything else.
+fn check_source(source: &Path) -> Result<(), UsageError> {
+    match std::fs::metadata(source) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(UsageError(format!(
+            "{} is a directory: cp uploads one file (to mirror a directory, run the agent: ossmirror --watch DIR \
+             --bucket B)",
+            source.display()
+        ))),
+        Ok(_) => Err(UsageError(format!("{} is not a regular file", source.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(UsageError(format!("{} does not exist", source.display())))
+        }
+        Err(e) => Err(UsageError(format!("{} cannot be read: {e}", source.display()))),
     }
 }
 

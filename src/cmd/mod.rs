@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod cp;
+pub mod doctor;
+pub mod generate;
 pub mod serve;
 pub mod status;
 pub mod verify;
@@ -18,5 +20,16 @@ pub fn warn_secret_flag(settings: &ossmirror::config::RemoteSettings) {
             "the access key secret was given as a command-line flag, which other users can read in `ps`; \
              prefer OSS_ACCESS_KEY_SECRET in the environment or an EnvironmentFile"
         );
+    }
+}
+
+/// Decide what requests are signed with (the chain may fetch temporary credentials, and then keeps them
+/// fresh in the background). No credentials, or a misconfigured source, is a usage error (exit 2); a
+/// source that fails for now (STS busy) is a runtime failure (exit 1: systemd restarts the agent).
+pub async fn resolve_credentials(settings: &mut ossmirror::config::RemoteSettings) -> anyhow::Result<()> {
+    match settings.resolve_credentials(ossmirror::credentials::ChainEnv::process()).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_configuration() => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(anyhow::Error::new(e).context("getting credentials")),
     }
 }

@@ -90,6 +90,7 @@ const MAX_ERRORS: usize = 10;
 const CP_DB: &str = "cp.db";
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let args = with_config_file(args)?;
     let path = locate(&args, &ProcessEnv)?;
     let report = tokio::task::spawn_blocking(move || gather(&path)).await.context("reading the state database")??;
     if args.json {
@@ -164,6 +165,29 @@ pub fn derived_state_db(
         1 => Derived::Found(found.remove(0)),
         _ => Derived::Several(found),
     }
+}
+
+/// `--config FILE`: the agent's `state_db`, `watch`, `bucket` and `prefix` from its config file, where no
+/// flag gives them.
+fn with_config_file(mut args: StatusArgs) -> anyhow::Result<StatusArgs> {
+    let Some(path) = &args.config else { return Ok(args) };
+    let (file, _) = ossmirror::config::FileConfig::load(Some(path))?;
+    if args.state_db.is_none() && args.watch.is_none() {
+        args.state_db = file.state_db;
+        if args.state_db.is_none() {
+            args.watch = file.watch;
+            args.bucket = args.bucket.or(file.bucket);
+            args.prefix = args.prefix.or(file.prefix);
+        }
+    }
+    if args.state_db.is_none() && (args.watch.is_none() || args.bucket.is_none()) {
+        return Err(UsageError(format!(
+            "config file {} names no `state_db`, nor both `watch` and `bucket`: it cannot be the agent's",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(args)
 }
 
 fn locate(args: &StatusArgs, env: &dyn Env) -> anyhow::Result<PathBuf> {
@@ -708,7 +732,7 @@ mod tests {
         std::fs::create_dir_all(&states).unwrap();
         std::fs::write(states.join(CP_DB), b"").unwrap();
         std::fs::write(states.join("b-data-0123456789.db.corrupt-1"), b"").unwrap();
-        let args = StatusArgs { state_db: None, watch: None, bucket: None, prefix: None, json: false };
+        let args = StatusArgs { state_db: None, watch: None, bucket: None, prefix: None, config: None, json: false };
         let one = states.join("b-data-0123456789.db");
         std::fs::write(&one, b"").unwrap();
         // The service's directory is searched too; on a machine that has one, it may add candidates.
@@ -730,6 +754,7 @@ mod tests {
             watch: Some(dir.path().join("data")),
             bucket: Some("b".into()),
             prefix: None,
+            config: None,
             json: false,
         };
         let e = locate(&args, &env).unwrap_err();
@@ -748,5 +773,34 @@ mod tests {
         assert!(e.contains("several remotes") && e.contains("0123abcd"), "{e}");
         let half = StatusArgs { bucket: None, ..args };
         assert!(locate(&half, &env).unwrap_err().to_string().contains("--watch and --bucket"));
+    }
+
+    /// `status --config FILE` finds the database the agent of that config file uses.
+    #[test]
+    fn the_agents_config_file_names_its_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("XDG_STATE_HOME", dir.path().to_str().unwrap())];
+        let config = dir.path().join("config.toml");
+        let data = dir.path().join("data");
+        std::fs::write(&config, format!("watch = {:?}\nbucket = \"b\"\nprefix = \"host1\"\n", data)).unwrap();
+        let args = StatusArgs {
+            state_db: None,
+            watch: None,
+            bucket: None,
+            prefix: None,
+            config: Some(config.clone()),
+            json: false,
+        };
+        let filled = with_config_file(args.clone()).unwrap();
+        assert_eq!((filled.watch.as_deref(), filled.bucket.as_deref()), (Some(data.as_path()), Some("b")));
+        let e = locate(&filled, &env).unwrap_err().to_string();
+        let expected = state_db_for(&data, "b", "host1/", &env);
+        assert!(e.contains(&expected.display().to_string()), "the agent's own derivation, prefix included: {e}");
+
+        std::fs::write(&config, "state_db = \"/srv/agent.db\"\nwatch = \"/x\"\nbucket = \"b\"\n").unwrap();
+        assert_eq!(with_config_file(args.clone()).unwrap().state_db.as_deref(), Some(Path::new("/srv/agent.db")));
+        std::fs::write(&config, "prefix = \"p\"\n").unwrap();
+        let e = with_config_file(args).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some() && e.to_string().contains("names no `state_db`"), "{e}");
     }
 }

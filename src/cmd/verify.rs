@@ -50,8 +50,9 @@ const LIST_PAGE: u32 = 1000;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let (file, file_path) = FileConfig::load(args.config.as_deref())?;
-    let settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
+    let mut settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
     super::warn_secret_flag(&settings);
+    super::resolve_credentials(&mut settings).await?;
     ossmirror::remote::names::validate_bucket(&args.bucket).map_err(|e| UsageError(e.to_string()))?;
     let prefix = ossmirror::config::normalize_prefix(args.prefix.as_deref().unwrap_or(""));
     let root =

@@ -62,7 +62,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent with no arguments yet; logs go to `log_dir`. Inherits no `OSS_*`/`AWS_*` variables.
+    /// An agent with no arguments yet; logs go to `log_dir`. Inherits no `OSS_*`/`AWS_*` variables, and is
+    /// isolated from the cloud ([`super::isolate_from_cloud`]) unless its `env` says otherwise.
     pub fn new(log_dir: &Path) -> Agent {
         let log_dir = log_dir.to_path_buf();
         Agent {
@@ -130,6 +131,7 @@ impl Agent {
                 cmd.env_remove(&*name);
             }
         }
+        super::isolate_from_cloud(&mut cmd);
         cmd.env("NO_COLOR", "1").env("OSSMIRROR_LOG", "info");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let stderr = log.try_clone().expect("clone the log handle");
@@ -218,9 +220,18 @@ pub struct BucketView {
 
 impl BucketView {
     pub fn new(endpoint: &str, bucket: &str, id: &str, secret: &str) -> BucketView {
+        Self::with_token(endpoint, bucket, id, secret, None)
+    }
+
+    /// With an STS session token (for a server started with one).
+    pub fn with_token(endpoint: &str, bucket: &str, id: &str, secret: &str, token: Option<&str>) -> BucketView {
         let mut config = OssConfig::new(endpoint);
         config.region = Some("cn-hangzhou".into());
-        config.credentials = Some(Credentials::new(id, secret));
+        let credentials = Credentials::new(id, secret);
+        config.credentials = Some(match token {
+            Some(t) => credentials.with_session_token(t),
+            None => credentials,
+        });
         let client = OssClient::new(config).expect("an OSS client");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         BucketView { client, runtime, bucket: bucket.into() }
@@ -352,11 +363,13 @@ impl Mirror {
     /// With extra server options (credentials and the bucket are added).
     pub fn with_server(options: ServeOptions) -> Mirror {
         let tmp = tempfile::tempdir().expect("a temporary directory");
+        let token = options.session_token.clone();
         let server = ServerProcess::start(options.credentials(ACCESS_KEY_ID, ACCESS_KEY_SECRET).bucket(BUCKET));
         let root = tmp.path().join("data");
         std::fs::create_dir(&root).expect("create the watched directory");
         let state_db = tmp.path().join("state").join("agent.db");
-        let bucket = BucketView::new(&server.endpoint(), BUCKET, ACCESS_KEY_ID, ACCESS_KEY_SECRET);
+        let bucket =
+            BucketView::with_token(&server.endpoint(), BUCKET, ACCESS_KEY_ID, ACCESS_KEY_SECRET, token.as_deref());
         Mirror { tmp, server, root, state_db, bucket }
     }
 

@@ -23,10 +23,15 @@
 //! - `Drop` kills the process (SIGKILL) and reaps it; its log stays readable through `log()` until then.
 //! - [`http`] is a tiny blocking HTTP/1.1 client (one request per connection) for the control API and for
 //!   raw, possibly malformed, requests; it needs no async runtime.
+//! - [`isolate_from_cloud`] keeps every process the harnesses spawn off the real cloud: the credential
+//!   chain cannot reach the ECS metadata service (100.100.100.200) or STS, nor read the profile files of
+//!   whoever runs the tests. `tests/credentials.rs` proves it, and opts in to loopback fakes
+//!   (`fakecloud`) where it tests the chain.
 
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod fakecloud;
 pub mod seaweed;
 pub mod torture;
 
@@ -127,6 +132,28 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ossmirror"))
 }
 
+/// A loopback address where nothing listens (the discard port): what the metadata service and STS
+/// endpoints point at by default in tests, so a request that should never be made fails at once, locally.
+pub const CLOSED_LOOPBACK: &str = "http://127.0.0.1:9";
+
+/// Keep `cmd` off the real cloud: no inherited `ALIBABA_CLOUD_*` variable, the ECS metadata provider
+/// disabled (and its address, like STS's, a closed loopback port should anything still ask), the aliyun
+/// CLI profile disabled, and an empty shared credentials file. A test that exercises the chain sets what it
+/// needs after this (later `env` calls win).
+pub fn isolate_from_cloud(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("ALIBABA_CLOUD_") {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd.env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+        .env("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true")
+        .env("ALIBABA_CLOUD_CREDENTIALS_FILE", "/dev/null")
+        .env("OSSMIRROR_ECS_METADATA_ENDPOINT", CLOSED_LOOPBACK)
+        .env("OSSMIRROR_STS_ENDPOINT", CLOSED_LOOPBACK)
+}
+
 /// The Python of the virtualenv holding the official SDKs: `$OSSMIRROR_TEST_VENV`, or `<repo>/.venv`
 /// (`./scripts/test` creates it from `tests/requirements.txt`). A missing environment fails the test,
 /// never skips it.
@@ -175,6 +202,7 @@ impl ServerProcess {
             cmd.arg("--bucket").arg(b);
         }
         cmd.args(&options.extra_args);
+        isolate_from_cloud(&mut cmd);
         cmd.env("NO_COLOR", "1").env("OSSMIRROR_LOG", "info");
         for (k, v) in &options.env {
             cmd.env(k, v);

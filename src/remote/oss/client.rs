@@ -26,6 +26,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use md5::{Digest as _, Md5};
 use tracing::Instrument as _;
 
+use crate::credentials::{CredentialsProvider, StaticProvider, refresh_after_refusal};
 use crate::remote::body::DigestSlot;
 use crate::remote::names::{validate_bucket, validate_key};
 use crate::remote::oss::endpoint::{ENDPOINT_FIX, Endpoint, RequestUrl};
@@ -68,6 +69,9 @@ pub struct OssConfig {
     pub signature: SignatureVersion,
     /// `None` sends anonymous (unsigned) requests, for public buckets.
     pub credentials: Option<Credentials>,
+    /// When set, replaces `credentials`: read at every signing, so refreshed temporary credentials are used
+    /// at once, and asked to refresh when the server refuses them.
+    pub credentials_provider: Option<Arc<dyn CredentialsProvider>>,
     /// Force path-style URLs (`host/bucket/key`); IP and `localhost` endpoints always use them.
     pub path_style: bool,
     pub retry: RetryPolicy,
@@ -89,6 +93,7 @@ impl OssConfig {
             region: None,
             signature: SignatureVersion::V4,
             credentials: None,
+            credentials_provider: None,
             path_style: false,
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
@@ -110,7 +115,7 @@ struct Inner {
     endpoint: Endpoint,
     path_style: bool,
     signer: Signer,
-    credentials: Option<Credentials>,
+    credentials: Option<Arc<dyn CredentialsProvider>>,
     retry: RetryPolicy,
     capabilities: Capabilities,
     clock: Clock,
@@ -124,7 +129,7 @@ impl std::fmt::Debug for OssClient {
             .field("signature", &i.signer.version)
             .field("region", &i.signer.region)
             .field("path_style", &i.path_style)
-            .field("access_key_id", &i.credentials.as_ref().map(|c| c.access_key_id.as_str()))
+            .field("access_key_id", &i.credentials.as_ref().map(|c| c.current().access_key_id.clone()))
             .finish_non_exhaustive()
     }
 }
@@ -392,7 +397,9 @@ impl OssClient {
                 endpoint,
                 path_style,
                 signer: Signer::new(config.signature, region),
-                credentials: config.credentials,
+                credentials: config
+                    .credentials_provider
+                    .or_else(|| config.credentials.map(|c| StaticProvider::shared(c, "configured access key"))),
                 retry: config.retry,
                 capabilities: Capabilities {
                     object_crc64: true,
@@ -430,7 +437,7 @@ impl OssClient {
     pub fn presign_url(&self, method: &str, bucket: &str, key: &str, expires: Duration) -> Result<String, RemoteError> {
         validate_bucket(bucket)?;
         check_key(key)?;
-        let credentials = self.inner.credentials.as_ref().ok_or_else(|| {
+        let credentials = self.inner.credentials.as_ref().map(|p| p.current()).ok_or_else(|| {
             RemoteError::invalid_input(
                 "presigning needs credentials",
                 "set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (or the matching flags)",
@@ -458,7 +465,7 @@ impl OssClient {
         let mut query = Vec::new();
         let headers = HeaderMap::new();
         self.inner.signer.presign(
-            credentials,
+            &credentials,
             &method,
             Some(bucket),
             Some(key),
@@ -521,11 +528,17 @@ impl OssClient {
         url: &RequestUrl,
         parse: impl Fn(&Reply) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
-        with_retries(call.op, &self.inner.retry, &self.inner.clock, |attempt| {
-            let parse = &parse;
-            async move { self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply)) }
-        })
-        .await
+        let run = || {
+            with_retries(call.op, &self.inner.retry, &self.inner.clock, |attempt| {
+                let parse = &parse;
+                async move { self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply)) }
+            })
+        };
+        match run().await {
+            // Refused temporary credentials: fetch new ones and try once more.
+            Err(e) if refresh_after_refusal(self.inner.credentials.as_ref(), e.code()).await => run().await,
+            outcome => outcome,
+        }
     }
 
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
@@ -534,7 +547,8 @@ impl OssClient {
         self.inner.transport.pace_in_memory(&call.body).await;
         let mut headers = call.headers.clone();
         let now = self.now();
-        match &self.inner.credentials {
+        let credentials = self.inner.credentials.as_ref().map(|p| p.current());
+        match &credentials {
             Some(creds) => self.inner.signer.sign_headers(
                 creds,
                 call.method.as_str(),
@@ -558,7 +572,10 @@ impl OssClient {
                 None => a.rsplit_once(':').map(|(_, v1)| v1),
             })
             .unwrap_or("");
-        let redactor = self.inner.transport.redactor.with(signature);
+        let mut redactor = self.inner.transport.redactor.with(signature);
+        for secret in credentials.iter().flat_map(|c| std::iter::once(&c.access_key_secret).chain(&c.session_token)) {
+            redactor = redactor.with(secret.expose());
+        }
 
         let mut request = self.inner.transport.http.request(call.method.clone(), url.url.clone());
         let mut slot: Option<DigestSlot> = None;

@@ -51,6 +51,7 @@ use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
 use crate::checksum::{Crc64Nvme, crc64nvme_fold};
+use crate::credentials::{CredentialsProvider, StaticProvider, refresh_after_refusal};
 use crate::remote::body::DigestSlot;
 use crate::remote::names::validate_bucket;
 use crate::remote::oss::client::{
@@ -127,6 +128,9 @@ pub struct S3Config {
     pub region: Option<String>,
     /// `None` sends anonymous (unsigned) requests.
     pub credentials: Option<Credentials>,
+    /// When set, replaces `credentials`: read at every signing, and asked to refresh when the server refuses
+    /// them.
+    pub credentials_provider: Option<Arc<dyn CredentialsProvider>>,
     /// Force path-style URLs; IP and `localhost` endpoints always use them. (OSS's S3 API refuses them.)
     pub path_style: bool,
     pub integrity: IntegrityMode,
@@ -151,6 +155,7 @@ impl S3Config {
             endpoint: endpoint.into(),
             region: None,
             credentials: None,
+            credentials_provider: None,
             path_style: false,
             integrity: IntegrityMode::Auto,
             sign_payload: false,
@@ -174,7 +179,7 @@ struct Inner {
     endpoint: Endpoint,
     path_style: bool,
     signer: Signer,
-    credentials: Option<Credentials>,
+    credentials: Option<Arc<dyn CredentialsProvider>>,
     retry: RetryPolicy,
     clock: Clock,
     configured: IntegrityMode,
@@ -192,7 +197,7 @@ impl std::fmt::Debug for S3Client {
             .field("region", &i.signer.region)
             .field("path_style", &i.path_style)
             .field("integrity", &i.integrity.get().copied().map_or(format!("{:?}", i.configured), |m| format!("{m:?}")))
-            .field("access_key_id", &i.credentials.as_ref().map(|c| c.access_key_id.as_str()))
+            .field("access_key_id", &i.credentials.as_ref().map(|c| c.current().access_key_id.clone()))
             .finish_non_exhaustive()
     }
 }
@@ -635,7 +640,9 @@ impl S3Client {
                 path_style: config.path_style || endpoint.needs_path_style(),
                 endpoint,
                 signer: Signer::new(region),
-                credentials: config.credentials,
+                credentials: config
+                    .credentials_provider
+                    .or_else(|| config.credentials.map(|c| StaticProvider::shared(c, "configured access key"))),
                 retry: config.retry,
                 clock: Clock::default(),
                 configured: config.integrity,
@@ -781,11 +788,19 @@ impl S3Client {
         }
         let policy = if call.single_attempt { RetryPolicy::none() } else { self.inner.retry.clone() };
         let (call, url, parse) = (&call, &url, &parse);
-        with_retries(call.op, &policy, &self.inner.clock, |attempt| async move {
-            self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply))
-        })
-        .instrument(span)
-        .await
+        let run = || {
+            with_retries(call.op, &policy, &self.inner.clock, |attempt| async move {
+                self.attempt(call, url, attempt).await.and_then(|reply| parse(&reply))
+            })
+        };
+        let outcome = async {
+            match run().await {
+                // Refused temporary credentials: fetch new ones and try once more.
+                Err(e) if refresh_after_refusal(self.inner.credentials.as_ref(), e.code()).await => run().await,
+                outcome => outcome,
+            }
+        };
+        outcome.instrument(span).await
     }
 
     /// One attempt: sign now, stream the body, read the answer, classify non-2xx answers.
@@ -815,7 +830,8 @@ impl S3Client {
             }
             (false, _) => UNSIGNED_PAYLOAD.to_string(),
         };
-        if let Some(creds) = &self.inner.credentials {
+        let credentials = self.inner.credentials.as_ref().map(|p| p.current());
+        if let Some(creds) = &credentials {
             let now = self.inner.clock.now();
             self.inner.signer.sign(
                 creds,
@@ -833,7 +849,10 @@ impl S3Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|a| a.split_once("Signature=").map(|(_, s)| s))
             .unwrap_or("");
-        let redactor = self.inner.transport.redactor.with(signature);
+        let mut redactor = self.inner.transport.redactor.with(signature);
+        for secret in credentials.iter().flat_map(|c| std::iter::once(&c.access_key_secret).chain(&c.session_token)) {
+            redactor = redactor.with(secret.expose());
+        }
 
         let mut request = self.inner.transport.http.request(call.method.clone(), url.url.clone());
         let mut slot: Option<DigestSlot> = None;
