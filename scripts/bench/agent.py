@@ -15,6 +15,9 @@ and measures, each figure on its own tree, prefix and state database:
       time while the agent runs with a short --settle (reported; the figure is also shown minus it);
   (c) idle rescan: `--once` again over an already-synced tree of --files-c files (the first sync of that
       tree is reported too) — wall, CPU, peak RSS;
+  (e) the remote check on the --files-c objects of (c) (run it with c): a running, idle agent with a short
+      --remote-check-interval; the CPU of the agent and of the server between two checks (nothing else runs),
+      the check's own duration and ListObjects requests (from `status --json`).
   (d) memory with --files-d tracked files: the tree is --files-d *empty* files (cheap in blocks, one inode
       each; checked against `df -i` first), and the index rows are written by the `bench_index` example
       (the same rows the agent writes after an upload: key, snapshot, CRC-64, BLAKE3), not by uploading
@@ -246,6 +249,35 @@ class Bench:
             f"{again['cpu_s']:.2f} s; peak RSS {again['peak_rss_mb']:.1f} MB; server CPU {again['server_cpu_s']:.2f} s")
         return {"first": first, "idle": again}
 
+    def e(self):
+        n = self.args.files_c
+        log(f"\n(e) the remote check over {n:,} objects (idle agent, periodic check every 20 s)")
+        if not (self.work / "c").is_dir():
+            sys.exit("(e) needs the tree and objects of (c): run --only c,e")
+        p = self.start_agent("c", ["--remote-check-interval", "20s"])
+        deadline = time.monotonic() + 600
+        while not ((self.status("c") or {}).get("remote_check") or {}).get("finished_at"):
+            if time.monotonic() > deadline:
+                sys.exit("(e) the check at start did not finish within 10 minutes")
+            time.sleep(0.2)
+        first = self.status("c")["remote_check"]
+        cpu0, scpu0 = proc_cpu_s(p.pid), self.server.cpu_s()
+        while True:
+            check = (self.status("c") or {}).get("remote_check") or {}
+            if check.get("finished_at", 0) > first.get("finished_at", 0) and check.get("error") is None:
+                break
+            if time.monotonic() > deadline:
+                sys.exit("(e) no periodic check finished within 10 minutes")
+            time.sleep(0.5)
+        cpu, scpu = proc_cpu_s(p.pid) - cpu0, self.server.cpu_s() - scpu0
+        rss, hwm = proc_mem_mb(p.pid)
+        self.stop_agent(p)
+        log(f"  {check['objects']:,} objects, {check['requests']} ListObjects requests, {check['millis'] / 1000:.2f} s; "
+            f"agent CPU {cpu:.2f} s and server CPU {scpu:.2f} s between two checks (an idle agent: nothing else ran); "
+            f"differences {check['missing'] + check['changed']}, unknown {check['unknown']}; agent RSS {rss:.1f} MB "
+            f"(peak {hwm:.1f} MB)")
+        return {"check": check, "agent_cpu_s": cpu, "server_cpu_s": scpu, "rss_mb": rss}
+
     def d(self):
         n = self.args.files_d
         log(f"\n(d) memory with {n:,} tracked files")
@@ -258,7 +290,7 @@ class Bench:
         example = target_dir() / PROFILE / "examples" / "bench_index"
         # The remote the agent will bind the database to (agent::setup::remote_identity): an index that
         # names no remote, or another one, is re-proven from scratch by the agent.
-        host, port = self.endpoint.split("://", 1)[1].split(":")
+        host, port = self.server.endpoint.split("://", 1)[1].split(":")
         remote = f"oss http://{host}:{port} bucket={BUCKET} prefix=d/"
         subprocess.run([str(example), str(self.work / "d.db"), str(self.work / "d"), BUCKET, "d/", remote],
                        check=True, env=self.env)
