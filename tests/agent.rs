@@ -689,3 +689,21 @@ fn the_mass_delete_brake_holds_when_every_synced_file_is_gone_at_once() {
     assert_exit(status, 0, &agent);
     assert_eq!(m.bucket.listing().into_keys().collect::<Vec<_>>(), ["new.txt"], "{}", agent.log());
 }
+
+/// `--once` right after files were written: the initial scan finds them too fresh and hands them to the
+/// settle gate; the run must wait for the gate, never exit 0 with them not uploaded (a race between the
+/// scan's hand-over and the loop's convergence check, once seen in agent_cmds). Several rounds, fresh
+/// files each time.
+#[test]
+fn once_waits_for_files_the_scan_sends_through_the_settle_gate() {
+    let m = Mirror::new();
+    for round in 0..4 {
+        for i in 0..20 {
+            write(&m.root, &format!("r{round}/f{i}.txt"), &content(&format!("{round}-{i}"), 100 + i));
+        }
+        let (agent, status) = m.agent().set("--settle", "1s").arg("--once").run();
+        assert_exit(status, 0, &agent);
+        assert!(agent.log().contains("queued=20"), "the scan found fresh files to settle:\n{}", agent.log());
+        m.assert_mirrored(&agent);
+    }
+}

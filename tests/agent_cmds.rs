@@ -345,11 +345,8 @@ fn verify_reports_each_kind_of_difference() {
     write(&bed.data().join("deleted-remotely.txt"), b"soon gone");
     write(&bed.data().join("overwritten.txt"), b"original!!");
     write(&bed.data().join("dir/multipart.bin"), &pattern(700_000, 3));
-    // Let the files age past --settle first, so the scan hands them straight to the uploader. (A file the
-    // initial scan sends through the settle gate can be missed by `--once`: the loop may see the gate empty
-    // before the gate's driver has taken the file in, and exit 0 with nothing uploaded. Reported; this test
-    // is about verify, not about that race.)
-    std::thread::sleep(Duration::from_millis(500));
+    // The files are fresh: the initial scan sends them through the settle gate, and `--once` must still wait
+    // for them (see agent::once_waits_for_files_the_scan_sends_through_the_settle_gate).
     // --bwlimit on the way: bodies are paced (streamed parts and in-memory puts) and still arrive intact.
     let out = bed
         .command()

@@ -28,6 +28,37 @@ pub fn is_root_user() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For a test about what an unprivileged user meets (permission bits do not stop root): `true` when the
+/// caller should do the work here (it runs unprivileged), `false` when it ran as root and has just run
+/// `test` (its full name) again as the user `nobody` through setpriv, from a copy of this test binary that
+/// `nobody` can execute, and checked that the run passed that very test.
+pub fn run_unprivileged(test: &str) -> bool {
+    if !is_root_user() {
+        return true;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("tests");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["--exact", test, "--test-threads", "1"])
+        .env("TMPDIR", "/tmp")
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("test {test} ... ok")) && stdout.contains("1 passed"),
+        "the unprivileged run of {test} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
 /// Create `levels` nested directories of 200-byte names under `base`, and a file `leaf` at the bottom,
 /// using `*at` calls so that no single path the test passes to the kernel is too long. Returns the
 /// relative path of the top directory and of the leaf. With enough levels, the full path is longer than
