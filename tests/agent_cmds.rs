@@ -468,5 +468,23 @@ fn metrics_are_served_and_count_a_synced_file() {
     assert_eq!(metric(&after, "ossmirror_errors_total"), Some(0));
     let r = common::http(addr, "GET", "/other", &[], b"").expect("GET /other");
     assert_eq!(r.status, 404);
+    assert!(metric(&after, "ossmirror_last_sync_timestamp_seconds").is_some_and(|t| t > 1_700_000_000), "{after}");
+    assert_eq!(metric(&after, "ossmirror_files_failing"), Some(0));
+    assert_eq!(metric(&after, "ossmirror_bucket_missing"), Some(0));
+
+    // Alive and ready; then the remote goes away: still alive, no longer ready (a load balancer or a
+    // Kubernetes probe tells the two apart), and ready again once it is back.
+    let get = |path: &str| common::http(addr, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!((get("/healthz").status, get("/readyz").status), (200, 200));
+    server.set_down("drop", None);
+    write(&bed.data().join("n.bin"), b"while the server is down");
+    let agent_log = agent.log_reader();
+    let not_ready = wait_for("/readyz to say not ready", || (get("/readyz").status == 503).then_some(()), agent_log);
+    let _ = not_ready;
+    assert!(get("/readyz").text().contains("not reachable"));
+    assert_eq!(get("/healthz").status, 200);
+    server.set_down("up", None);
+    let agent_log = agent.log_reader();
+    wait_for("/readyz to say ready again", || (get("/readyz").status == 200).then_some(()), agent_log);
     assert!(agent.terminate().success());
 }

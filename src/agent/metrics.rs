@@ -39,6 +39,10 @@ pub struct Metrics {
     pub remote_unknown_objects: AtomicU64,
     /// 1 while the bucket does not exist.
     pub bucket_missing: AtomicU64,
+    /// When a file was last verified on the remote (Unix seconds; 0: not yet in this run).
+    pub last_sync_timestamp: AtomicU64,
+    /// Files whose last attempt failed and that wait for a retry.
+    pub files_failing: AtomicU64,
     // Copied from the engine's counters on every tick.
     pub bytes_uploaded: AtomicU64,
     pub parts_uploaded: AtomicU64,
@@ -59,6 +63,20 @@ pub fn set(gauge: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    /// Ready to do its job: the remote answered the last request, the bucket exists, the watched directory is
+    /// there. (`/readyz`; `/healthz` only says the process serves requests.)
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.bucket_missing.load(Ordering::Relaxed) != 0 {
+            Err("the bucket does not exist")
+        } else if self.root_missing.load(Ordering::Relaxed) != 0 {
+            Err("the watched directory is missing or unmounted")
+        } else if self.remote_reachable.load(Ordering::Relaxed) == 0 {
+            Err("the remote is not reachable, or refuses the credentials")
+        } else {
+            Ok(())
+        }
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let rows: &[(&str, &str, &str, &AtomicU64)] = &[
@@ -160,6 +178,18 @@ impl Metrics {
                 &self.remote_unknown_objects,
             ),
             ("ossmirror_bucket_missing", "gauge", "1 while the bucket does not exist.", &self.bucket_missing),
+            (
+                "ossmirror_last_sync_timestamp_seconds",
+                "gauge",
+                "When a file was last verified on the remote (Unix time; 0: none in this run).",
+                &self.last_sync_timestamp,
+            ),
+            (
+                "ossmirror_files_failing",
+                "gauge",
+                "Files whose last attempt failed, waiting for a retry.",
+                &self.files_failing,
+            ),
         ];
         let mut out = String::with_capacity(4096);
         for &(name, kind, help, value) in rows {
@@ -170,7 +200,7 @@ impl Metrics {
     }
 }
 
-/// Serve `GET /metrics` on `addr` until `stop` is cancelled. Returns the bound address.
+/// Serve `GET /metrics`, `/healthz` and `/readyz` on `addr` until `stop` is cancelled. Returns the bound address.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -191,14 +221,22 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, stop: CancellationTo
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
-                        let response = if req.uri().path() == "/metrics" {
+                        let text = |status: StatusCode, body: String| {
                             Response::builder()
+                                .status(status)
+                                .header("content-type", "text/plain; charset=utf-8")
+                                .body(Full::new(Bytes::from(body)))
+                        };
+                        let response = match req.uri().path() {
+                            "/metrics" => Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                                .body(Full::new(Bytes::from(metrics.render()))),
+                            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+                            "/readyz" => match metrics.ready() {
+                                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                            },
+                            _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into()),
                         };
                         response.map_err(std::io::Error::other)
                     }
@@ -220,10 +258,10 @@ mod tests {
         add(&m.bytes_synced, 42);
         let text = m.render();
         assert!(text.contains("ossmirror_bytes_synced_total 42"));
-        assert_eq!(text.matches("# TYPE").count(), 23);
+        assert_eq!(text.matches("# TYPE").count(), 25);
         let names: std::collections::HashSet<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
-        assert_eq!(names.len(), 23, "no metric is listed twice");
+        assert_eq!(names.len(), 25, "no metric is listed twice");
         assert!(text.contains("# TYPE ossmirror_queue_depth gauge"));
     }
 }

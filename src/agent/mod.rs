@@ -694,6 +694,9 @@ impl Loop {
             Ok(outcome) => {
                 tracing::debug!(%key, ?outcome, "done");
                 metrics::set(&self.ctx.metrics.remote_reachable, 1);
+                if !matches!(outcome, Outcome::Vanished | Outcome::NotAFile | Outcome::Removed { .. }) {
+                    metrics::set(&self.ctx.metrics.last_sync_timestamp, unix_now());
+                }
                 self.sched.finish(&key, Finish::Done, now);
             }
             Err(e) => {
@@ -716,6 +719,10 @@ impl Loop {
                 let _ =
                     self.ctx.state.mark_failed(&self.ctx.path_of(&rel), &self.ctx.bucket, &key, &e.message, retry_wall);
                 tracing::warn!(path = %escape_path(&rel), %key, error = %e, attempts, "failed; will retry");
+                if matches!(e.remote_kind, Some(ErrorKind::Transport | ErrorKind::ServerBusy)) {
+                    // The remote did not answer (or not usefully): not ready until a request succeeds again.
+                    metrics::set(&self.ctx.metrics.remote_reachable, 0);
+                }
                 if matches!(e.remote_kind, Some(ErrorKind::Auth)) {
                     metrics::set(&self.ctx.metrics.remote_reachable, 0);
                     let quiet = self.last_remote_alarm.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60));
@@ -733,6 +740,7 @@ impl Loop {
         let m = &self.ctx.metrics;
         let stats = self.ctx.engine.stats();
         metrics::set(&m.queue_depth, self.sched.len() as u64);
+        metrics::set(&m.files_failing, self.sched.waiting() as u64);
         metrics::set(&m.uploads_in_flight, self.sched.running() as u64);
         metrics::set(&m.bytes_uploaded, EngineStats::get(&stats.bytes_sent));
         metrics::set(&m.parts_uploaded, EngineStats::get(&stats.parts_sent));
