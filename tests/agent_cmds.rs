@@ -479,8 +479,7 @@ fn metrics_are_served_and_count_a_synced_file() {
     server.set_down("drop", None);
     write(&bed.data().join("n.bin"), b"while the server is down");
     let agent_log = agent.log_reader();
-    let not_ready = wait_for("/readyz to say not ready", || (get("/readyz").status == 503).then_some(()), agent_log);
-    let _ = not_ready;
+    wait_for("/readyz to say not ready", || (get("/readyz").status == 503).then_some(()), agent_log);
     assert!(get("/readyz").text().contains("not reachable"));
     assert_eq!(get("/healthz").status, 200);
     server.set_down("up", None);
