@@ -40,7 +40,7 @@ const VERIFY_ENDPOINT_HELP: &str = "Endpoint URL, e.g. https://oss-cn-hangzhou.a
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Upload one file resumably (the SDKs' resumable upload as a command).
-    Cp(CpArgs),
+    Cp(Box<CpArgs>),
     /// Run the local OSS-compatible server.
     Serve(ServeArgs),
     /// Show what the agent is doing (works while it runs).
@@ -143,6 +143,62 @@ pub struct RemoteArgs {
     /// Send unsigned requests (a public bucket) instead of looking for credentials.
     #[arg(long, conflicts_with_all = ["access_key_id", "access_key_secret"])]
     pub anonymous: bool,
+
+    /// Which of a region's OSS endpoints to use: internal (oss-REGION-internal.aliyuncs.com, free traffic
+    /// from ECS in the region) or accelerate (oss-accelerate.aliyuncs.com); derived from --endpoint (or
+    /// --region) [default: the endpoint as given].
+    #[arg(long, value_enum, value_name = "public|internal|accelerate")]
+    pub endpoint_kind: Option<EndpointKindArg>,
+
+    /// Server-side pacing of each upload and download request, in bytes per second (OSS
+    /// x-oss-traffic-limit; 30K to 100M) [default: none].
+    #[arg(long, value_name = "RATE")]
+    pub traffic_limit: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointKindArg {
+    Public,
+    Internal,
+    Accelerate,
+}
+
+/// What new objects carry beyond their bytes (shared by the agent and `cp`): encryption, tags and the
+/// OSS upload callback.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ObjectArgs {
+    /// Server-side encryption of new objects: AES256, KMS or SM4 (S3: AES256 or KMS).
+    #[arg(long, value_name = "AES256|KMS|SM4")]
+    pub sse: Option<String>,
+
+    /// The KMS key (CMK id) for --sse KMS [default: the service's key].
+    #[arg(long, value_name = "ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Object tag (repeatable, at most 10): --tag project=alpha.
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+
+    /// Upload callback (OSS): once an object is stored, OSS POSTs to this URL (up to five, separated by
+    /// ';') and returns its answer.
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
+
+    /// The callback's body template [default: bucket=${bucket}&object=${object}&etag=${etag}&size=${size}&mimeType=${mimeType}].
+    #[arg(long, value_name = "TEMPLATE", requires = "callback_url")]
+    pub callback_body: Option<String>,
+
+    /// Send the callback body as application/json (the template must then be JSON).
+    #[arg(long, requires = "callback_url")]
+    pub callback_body_json: bool,
+
+    /// The Host header of the callback request [default: the URL's host].
+    #[arg(long, value_name = "HOST", requires = "callback_url")]
+    pub callback_host: Option<String>,
+
+    /// A custom callback variable (repeatable): --callback-var x:uid=42, used as ${x:uid} in the body.
+    #[arg(long = "callback-var", value_name = "KEY=VALUE", requires = "callback_url")]
+    pub callback_vars: Vec<String>,
 }
 
 /// The agent: `ossmirror --watch DIR --bucket B`.
@@ -162,6 +218,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub remote: RemoteArgs,
+
+    #[command(flatten)]
+    pub object: ObjectArgs,
 
     /// State database [default: $XDG_STATE_HOME/ossmirror/<watch+bucket+prefix>.db].
     #[arg(long, value_name = "PATH")]
@@ -283,6 +342,9 @@ pub struct CpArgs {
     /// Storage class: Standard, IA, Archive, ColdArchive, DeepColdArchive.
     #[arg(long, value_name = "CLASS")]
     pub storage_class: Option<String>,
+
+    #[command(flatten)]
+    pub object: ObjectArgs,
 
     /// On Ctrl-C, abort the server-side upload and delete the checkpoint (default: keep both to resume).
     #[arg(long)]

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{AgentArgs, LogFormat, RemoteArgs};
+use crate::cli::{AgentArgs, LogFormat, ObjectArgs, RemoteArgs};
 use crate::credentials::{ChainEnv, ChainError, CredentialsProvider, StaticProvider, Tried};
 use crate::remote::oss::sign::SignatureVersion;
 use crate::remote::{Credentials, Dialect};
@@ -92,6 +92,16 @@ pub struct FileConfig {
     pub remote_check_interval: Option<String>,
     pub log_format: Option<String>,
     pub metrics_listen: Option<String>,
+    pub endpoint_kind: Option<String>,
+    pub traffic_limit: Option<String>,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub callback_url: Option<String>,
+    pub callback_body: Option<String>,
+    pub callback_body_json: Option<bool>,
+    pub callback_host: Option<String>,
+    pub callback_vars: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -169,6 +179,8 @@ pub struct RemoteSettings {
     pub s3_sign_payload: bool,
     /// True when the secret came from a command-line flag (visible in `ps`): worth a warning.
     pub secret_from_flag: bool,
+    /// `--traffic-limit`, as `x-oss-traffic-limit` bits per second (OSS only).
+    pub traffic_limit: Option<u64>,
 }
 
 fn first<T>(options: impl IntoIterator<Item = Option<T>>) -> Option<T> {
@@ -247,6 +259,51 @@ impl RemoteSettings {
         };
         let endpoint = first([flags.endpoint.clone(), env.var(endpoint_var), file.endpoint.clone()]);
         let region = first([flags.region.clone(), env.var(region_var), file.region.clone()]);
+        let kind = match flags.endpoint_kind {
+            Some(k) => Some(k),
+            None => file_value(file_path, "endpoint_kind", file.endpoint_kind.as_deref(), |v| {
+                <crate::cli::EndpointKindArg as clap::ValueEnum>::from_str(v, true).map_err(|_| {
+                    format!("{v:?} is not an endpoint kind: use \"public\", \"internal\" or \"accelerate\"")
+                })
+            })?,
+        };
+        let endpoint = match kind {
+            None => endpoint,
+            Some(kind) => {
+                use crate::remote::oss::endpoint::{EndpointKind, endpoint_of_kind};
+                let kind = match kind {
+                    crate::cli::EndpointKindArg::Public => EndpointKind::Public,
+                    crate::cli::EndpointKindArg::Internal => EndpointKind::Internal,
+                    crate::cli::EndpointKindArg::Accelerate => EndpointKind::Accelerate,
+                };
+                if protocol != Dialect::Oss {
+                    return Err(ConfigError::Missing(
+                        "--endpoint-kind names Alibaba Cloud OSS endpoints: use it with --protocol oss".into(),
+                    ));
+                }
+                Some(
+                    endpoint_of_kind(endpoint.as_deref(), region.as_deref(), kind)
+                        .map_err(|e| ConfigError::Missing(e.to_string()))?,
+                )
+            }
+        };
+        let traffic_limit = match flags.traffic_limit {
+            Some(size) => Some(size.0),
+            None => file_value(file_path, "traffic_limit", file.traffic_limit.as_deref(), |v| {
+                parse_size(v).map_err(|e| e.to_string())
+            })?,
+        };
+        let traffic_limit = traffic_limit
+            .map(crate::remote::options::traffic_limit_bits)
+            .transpose()
+            .map_err(|e| ConfigError::Missing(e.to_string()))?;
+        if traffic_limit.is_some() && protocol != Dialect::Oss {
+            return Err(ConfigError::Missing(
+                "--traffic-limit is OSS's x-oss-traffic-limit, which the S3 API does not have: drop it with \
+                 --protocol s3 (or use --bwlimit, which paces on this side)"
+                    .into(),
+            ));
+        }
         let names = static_sources(protocol);
         let [flag_id, env_id, env2_id, _] = names.ids;
         let [flag_secret, env_secret, env2_secret, _] = names.secrets;
@@ -326,6 +383,7 @@ impl RemoteSettings {
             config_file: file_path.clone(),
             path_style: flags.path_style || file.path_style.unwrap_or(false),
             secret_from_flag,
+            traffic_limit,
         })
     }
 
@@ -392,6 +450,7 @@ impl RemoteSettings {
                 config.credentials_provider = self.provider.clone();
                 config.path_style = self.path_style;
                 config.throttle = throttle;
+                config.traffic_limit = self.traffic_limit;
                 let client =
                     crate::remote::oss::OssClient::new(config).map_err(|e| ConfigError::Missing(e.to_string()))?;
                 Ok(Some(std::sync::Arc::new(client)))
@@ -411,6 +470,73 @@ impl RemoteSettings {
             }
         }
     }
+}
+
+/// What new objects carry beyond content type and metadata: `--sse`, `--tag` and the upload callback
+/// (flags, else the config file). The fields of [`ObjectOptions`] these flags do not set stay default.
+pub fn object_extras(
+    flags: &ObjectArgs,
+    file: &FileConfig,
+    path: &Option<PathBuf>,
+) -> Result<crate::remote::ObjectOptions, ConfigError> {
+    use crate::remote::options::{DEFAULT_CALLBACK_BODY, Encryption, UploadCallback, parse_tag};
+    let invalid = |e: crate::remote::RemoteError| ConfigError::Missing(e.to_string());
+    let sse = flags.sse.clone().or(file.sse.clone());
+    let kms_key = flags.sse_kms_key_id.clone().or(file.sse_kms_key_id.clone());
+    let encryption = match sse {
+        Some(algorithm) => Some(Encryption::parse(&algorithm, kms_key.as_deref()).map_err(invalid)?),
+        None if kms_key.is_some() => {
+            return Err(ConfigError::Missing("sse_kms_key_id is set without sse = \"KMS\": add it".into()));
+        }
+        None => None,
+    };
+    let tag_pairs = if flags.tags.is_empty() { file.tags.clone().unwrap_or_default() } else { flags.tags.clone() };
+    let tags = tag_pairs.iter().map(|t| parse_tag(t)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+    crate::remote::options::tagging_header(&tags).map_err(invalid)?;
+    let callback = match flags.callback_url.clone().or(file.callback_url.clone()) {
+        None => {
+            let stray = flags.callback_body.is_some() || file.callback_body.is_some() || file.callback_host.is_some();
+            if stray || file.callback_vars.as_ref().is_some_and(|v| !v.is_empty()) {
+                return Err(ConfigError::Missing(format!(
+                    "{}: callback settings without callback_url: add callback_url or remove them",
+                    path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "config".into())
+                )));
+            }
+            None
+        }
+        Some(url) => {
+            let url = url.trim().to_string();
+            if url.is_empty()
+                || !url.split(';').all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://"))
+            {
+                return Err(ConfigError::Missing(format!(
+                    "--callback-url {url:?}: give one to five http:// or https:// URLs separated by ';'"
+                )));
+            }
+            let var_pairs = if flags.callback_vars.is_empty() {
+                file.callback_vars.clone().unwrap_or_default()
+            } else {
+                flags.callback_vars.clone()
+            };
+            let vars = var_pairs
+                .iter()
+                .map(|v| UploadCallback::parse_var(v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            Some(UploadCallback {
+                url,
+                body: flags
+                    .callback_body
+                    .clone()
+                    .or(file.callback_body.clone())
+                    .unwrap_or_else(|| DEFAULT_CALLBACK_BODY.to_string()),
+                host: flags.callback_host.clone().or(file.callback_host.clone()),
+                json_body: flags.callback_body_json || file.callback_body_json.unwrap_or(false),
+                vars,
+            })
+        }
+    };
+    Ok(crate::remote::ObjectOptions { encryption, tags, callback, ..Default::default() })
 }
 
 /// Everything the agent runs with.
@@ -440,6 +566,8 @@ pub struct AgentSettings {
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
+    /// Encryption, tags and callback of every object the agent writes.
+    pub object: crate::remote::ObjectOptions,
 }
 
 impl AgentSettings {
@@ -455,6 +583,13 @@ impl AgentSettings {
         env: &dyn Env,
     ) -> Result<AgentSettings, ConfigError> {
         let remote = RemoteSettings::resolve(&flags.remote, file, &path, env)?;
+        let object = object_extras(&flags.object, file, &path)?;
+        if remote.protocol == Dialect::S3 && object.callback.is_some() {
+            return Err(ConfigError::Missing(
+                "upload callbacks are an OSS feature the S3 API does not have: drop --callback-url with --protocol s3"
+                    .into(),
+            ));
+        }
         let dur =
             |key: &'static str, flag: Option<crate::units::HumanDuration>, v: &Option<String>, default: Duration| {
                 Ok::<_, ConfigError>(match flag {
@@ -541,6 +676,7 @@ impl AgentSettings {
             log_format,
             metrics_listen,
             config_file: path,
+            object,
         })
     }
 }

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Cp(args)) => cmd::cp::run(args).await,
+            Some(Command::Cp(args)) => cmd::cp::run(*args).await,
             Some(Command::Serve(args)) => cmd::serve::run(args).await,
             Some(Command::Status(args)) => cmd::status::run(args).await,
             Some(Command::Verify(args)) => cmd::verify::run(args).await,

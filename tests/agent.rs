@@ -707,3 +707,46 @@ fn once_waits_for_files_the_scan_sends_through_the_settle_gate() {
         m.assert_mirrored(&agent);
     }
 }
+
+// -------------------------------------------------------------------------------------------------------
+// OSS options on the agent's objects (issue 14): encryption, tags, upload callbacks
+
+/// What oss2 sees of one object (tests/interop/oss_inspect.py).
+fn oss2_inspect(m: &Mirror, key: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/oss_inspect.py");
+    let out = std::process::Command::new(common::python())
+        .arg(script)
+        .args([&m.server.endpoint(), "v4", common::agent::BUCKET, key])
+        .env("OSS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        .env("OSS_ACCESS_KEY_SECRET", ACCESS_KEY_SECRET)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run oss_inspect.py");
+    assert!(out.status.success(), "oss_inspect.py: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("oss_inspect.py prints JSON")
+}
+
+#[test]
+fn the_agents_objects_carry_encryption_and_tags_and_fire_the_upload_callback() {
+    let m = Mirror::new();
+    let callback = common::callback::CallbackServer::start();
+    write(&m.root, "small.txt", b"a small file");
+    write(&m.root, "big.bin", &content("big", 3 * PART_SIZE + 7));
+    let (agent, status) = m
+        .agent()
+        .args(["--sse", "AES256", "--tag", "backup=nightly"])
+        .args(["--callback-url", &callback.url, "--callback-body", "object=${object}&size=${size}"])
+        .arg("--once")
+        .run();
+    assert_exit(status, 0, &agent);
+    let mut bodies = callback.bodies();
+    bodies.sort();
+    let big = 3 * PART_SIZE + 7;
+    assert_eq!(bodies, [format!("object=big.bin&size={big}"), "object=small.txt&size=12".to_string()]);
+    assert_eq!(agent.log().matches("upload callback answered").count(), 2, "{}", agent.log());
+    for key in ["small.txt", "big.bin"] {
+        let object = &oss2_inspect(&m, key)["object"];
+        assert_eq!(object["sse"], "AES256", "{key}");
+        assert_eq!(object["tags"], json!({ "backup": "nightly" }), "{key}");
+    }
+}

@@ -16,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::callback::CallbackServer;
 use common::{ServeOptions, ServerProcess};
 use ossmirror::server::faults::OpStats;
 use serde_json::{Value, json};
@@ -895,4 +896,78 @@ fn metadata_content_type_acl_and_storage_class_are_visible_to_oss2() {
         assert_eq!(object["acl"], "public-read");
         assert_eq!(object["storage_class"], "IA");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// OSS options: server-side encryption, tags, upload callbacks (issue 14)
+
+#[test]
+fn encryption_tags_and_callbacks_reach_the_server_and_oss2_sees_them() {
+    // A single PutObject (V4) and a multipart upload (V1), whose callback rides on Complete.
+    for (sig, size, sse) in [
+        (Sig::V4, 1000, ["--sse", "KMS", "--sse-kms-key-id", "cmk-test"]),
+        (Sig::V1, 3 * PART + 1, ["--sse", "AES256", "--tag", "tier=cold"]),
+    ] {
+        let s = Setup::new(sig);
+        let callback = CallbackServer::start();
+        let data = random_bytes(&mut fastrand::Rng::with_seed(size), size);
+        let file = s.file("options.bin", &data);
+        let out = s
+            .cp_parts(&file, "dir/options.bin")
+            .args(sse)
+            .args(["--tag", "project=alpha", "--tag", "owner=bob smith"])
+            .args(["--callback-url", &callback.url, "--callback-var", "uid=42"])
+            .args(["--callback-body", "bucket=${bucket}&object=${object}&size=${size}&uid=${x:uid}"])
+            .run();
+        out.expect_success();
+        assert!(out.stdout.contains(r#"callback answered: {"Status":"OK","n":1}"#), "{sig:?}: {}", out.stdout);
+        assert_eq!(
+            callback.bodies(),
+            [format!("bucket={BUCKET}&object=dir%2Foptions.bin&size={size}&uid=42")],
+            "{sig:?}: one callback, after the object was stored"
+        );
+        let object = &s.assert_object("dir/options.bin", &data)["object"];
+        let mut tags = json!({ "project": "alpha", "owner": "bob smith" });
+        if sig == Sig::V4 {
+            assert_eq!(object["sse"], "KMS");
+            assert_eq!(object["sse_key_id"], "cmk-test");
+        } else {
+            assert_eq!(object["sse"], "AES256");
+            tags["tier"] = json!("cold");
+        }
+        assert_eq!(object["tags"], tags, "{sig:?}");
+    }
+}
+
+#[test]
+fn a_failed_callback_is_reported_and_the_object_still_counts_as_uploaded() {
+    let s = Setup::new(Sig::V4);
+    // A port nobody listens on: the server's callback POST is refused, OSS answers 203 CallbackFailed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let data = b"stored even though its callback failed".to_vec();
+    let file = s.file("f.txt", &data);
+    let out = s.cp(&file, "f.txt").args(["--callback-url", &format!("http://{closed}/cb")]).run();
+    out.expect_success().stderr_has(&["upload callback failed", "CallbackFailed"]);
+    s.assert_object("f.txt", &data);
+}
+
+#[test]
+fn bad_oss_options_exit_2_naming_the_fix_before_any_request() {
+    let s = Setup::new(Sig::V4);
+    let file = s.file("f.txt", b"x");
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--traffic-limit", "1K"], &["--traffic-limit", "30K to 100M"]),
+        (&["--endpoint-kind", "internal"], &["Alibaba Cloud OSS endpoint", "--region"]),
+        (&["--sse", "DES"], &["AES256, KMS or SM4"]),
+        (&["--tag", "novalue"], &["--tag", "KEY=VALUE"]),
+        (&["--callback-url", "ftp://127.0.0.1/cb"], &["http://", "https://"]),
+        (&["--protocol", "s3", "--callback-url", "http://127.0.0.1:1/cb"], &["OSS feature", "--callback-url"]),
+    ];
+    for (args, needles) in cases {
+        s.cp(&file, "f.txt").args(args).run().expect_code(2).stderr_has(needles);
+    }
+    assert_eq!(s.requests(), 0, "bad input is refused before any request");
+    // A valid limit is sent (the server validates its range) and the upload is verified as usual.
+    s.cp(&file, "f.txt").args(["--traffic-limit", "1M"]).run().expect_success();
+    s.assert_object("f.txt", b"x");
 }

@@ -61,6 +61,27 @@ pub struct Ctx {
     pub remote_surprise: AtomicBool,
     pub part_size: u64,
     pub multipart_threshold: u64,
+    /// Encryption, tags and upload callback of every object written (`--sse`, `--tag`, `--callback-url`).
+    pub object: ObjectOptions,
+}
+
+/// The object is synced whatever its upload callback did; the callback's fate is logged.
+fn log_callback(key: &str, callback: Option<&crate::remote::CallbackOutcome>) {
+    use crate::remote::CallbackOutcome;
+    match callback {
+        None => {}
+        Some(CallbackOutcome::Answered(answer)) => {
+            let answer: String = answer.chars().take(512).collect();
+            tracing::info!(%key, %answer, "upload callback answered");
+        }
+        Some(CallbackOutcome::Failed { message, request_id }) => {
+            tracing::warn!(%key, %message, request_id = request_id.as_deref().unwrap_or("-"),
+                "upload callback failed (CallbackFailed); the object is stored and counts as synced");
+        }
+        Some(CallbackOutcome::Unknown) => {
+            tracing::info!(%key, "upload callback: answer unknown (the upload was completed by an earlier attempt)")
+        }
+    }
 }
 
 /// How a job ended well.
@@ -150,7 +171,7 @@ impl Ctx {
     fn object_options(&self, path: &Path) -> ObjectOptions {
         ObjectOptions {
             content_type: mime_guess::from_path(path).first_raw().map(str::to_string),
-            ..ObjectOptions::default()
+            ..self.object.clone()
         }
     }
 
@@ -292,6 +313,7 @@ impl Ctx {
             Ok(outcome) => {
                 metrics::inc(&self.metrics.files_uploaded);
                 self.count_synced(outcome.size);
+                log_callback(key, outcome.callback.as_ref());
                 Ok(Outcome::Uploaded)
             }
             Err(EngineError::Vanished { .. }) => Ok(Outcome::Vanished),
@@ -431,7 +453,9 @@ impl Ctx {
 
     /// Multipart copy for sources larger than CopyObject takes; aborted on any failure (no orphans).
     async fn copy_in_parts(&self, source_key: &str, key: &str, size: u64) -> Result<(), JobError> {
-        let upload_id = self.remote.initiate_multipart(&self.bucket, key, &ObjectOptions::default()).await?;
+        // The copy is a new object: it gets this agent's encryption and tags (the callback fires for uploads only).
+        let options = ObjectOptions { callback: None, ..self.object.clone() };
+        let upload_id = self.remote.initiate_multipart(&self.bucket, key, &options).await?;
         let result: Result<(), JobError> = async {
             let mut parts = Vec::new();
             let count = size.div_ceil(COPY_PART);

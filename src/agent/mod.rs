@@ -225,6 +225,7 @@ pub async fn run(settings: AgentSettings, shutdown: CancellationToken) -> Result
         remote_surprise: AtomicBool::new(false),
         part_size: settings.part_size,
         multipart_threshold: settings.part_size,
+        object: settings.object.clone(),
     });
 
     let metrics_stop = CancellationToken::new();

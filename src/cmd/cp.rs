@@ -15,7 +15,7 @@ use anyhow::Context;
 use ossmirror::cli::CpArgs;
 use ossmirror::config::{FileConfig, ProcessEnv, RemoteSettings, state_dir};
 use ossmirror::engine::{Engine, EngineConfig, EngineError, Phase, Progress, UploadSpec};
-use ossmirror::remote::ObjectOptions;
+use ossmirror::remote::{CallbackOutcome, ObjectOptions};
 use ossmirror::state::StateDb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,14 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     check_source(&args.source)?;
     let (file, file_path) = FileConfig::load(args.config.as_deref())?;
     let mut settings = RemoteSettings::resolve(&args.remote, &file, &file_path, &ProcessEnv)?;
+    let extras = ossmirror::config::object_extras(&args.object, &file, &file_path)?;
+    if settings.protocol == ossmirror::remote::Dialect::S3 && extras.callback.is_some() {
+        return Err(UsageError(
+            "upload callbacks are an OSS feature the S3 API does not have: drop --callback-url with --protocol s3"
+                .into(),
+        )
+        .into());
+    }
     super::warn_secret_flag(&settings);
     if settings.endpoint.is_none() {
         let variable = match settings.protocol {
@@ -90,7 +98,7 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
         path: args.source.clone(),
         bucket: bucket.clone(),
         key: key.clone(),
-        options: object_options(&args)?,
+        options: object_options(&args, extras)?,
     };
 
     let cancel = CancellationToken::new();
@@ -116,6 +124,20 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
                 outcome.parts_reused,
                 if outcome.resumed { ", resumed" } else { "" }
             );
+            // The object is stored whatever the callback did; its answer is the caller's to read.
+            match &outcome.callback {
+                None => {}
+                Some(CallbackOutcome::Answered(body)) => println!("callback answered: {body}"),
+                Some(CallbackOutcome::Failed { message, request_id }) => eprintln!(
+                    "ossmirror: the object is stored, but its upload callback failed (CallbackFailed): {message} \
+                     [RequestId: {}]",
+                    request_id.as_deref().unwrap_or("-")
+                ),
+                Some(CallbackOutcome::Unknown) => eprintln!(
+                    "ossmirror: the object is stored; the upload callback's answer is unknown (the upload had \
+                     been completed by an earlier attempt)"
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(EngineError::Cancelled { kept, .. }) => {
@@ -182,7 +204,9 @@ fn parse_destination(destination: &str, source: &Path) -> Result<(String, String
     Ok((bucket.to_string(), key))
 }
 
-fn object_options(args: &CpArgs) -> Result<ObjectOptions, UsageError> {
+/// The object's options: `extras` (encryption, tags, callback) with the content type, metadata, ACL and
+/// storage class of the flags.
+fn object_options(args: &CpArgs, extras: ObjectOptions) -> Result<ObjectOptions, UsageError> {
     let mut metadata = Vec::new();
     for pair in &args.meta {
         let (k, v) = pair
@@ -197,7 +221,7 @@ fn object_options(args: &CpArgs) -> Result<ObjectOptions, UsageError> {
         metadata,
         acl: args.acl.clone(),
         storage_class: args.storage_class.clone(),
-        ..ObjectOptions::default()
+        ..extras
     })
 }
 
@@ -270,12 +294,13 @@ mod tests {
             abort_on_cancel: false,
             no_progress: false,
             remote: Default::default(),
+            object: Default::default(),
             config: None,
         };
-        let o = object_options(&args).unwrap();
+        let o = object_options(&args, ObjectOptions::default()).unwrap();
         assert_eq!(o.content_type.as_deref(), Some("image/jpeg"));
         assert_eq!(o.metadata, vec![("author".into(), "alice".into()), ("note".into(), "a=b".into())]);
         let bad = CpArgs { meta: vec!["novalue".into()], ..args };
-        assert!(object_options(&bad).unwrap_err().0.contains("NAME=VALUE"));
+        assert!(object_options(&bad, ObjectOptions::default()).unwrap_err().0.contains("NAME=VALUE"));
     }
 }

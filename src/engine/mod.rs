@@ -110,6 +110,8 @@ pub struct UploadOutcome {
     pub parts_reused: u64,
     pub bytes_sent: u64,
     pub passes: u32,
+    /// The upload callback's outcome, when the upload asked for one (OSS).
+    pub callback: Option<crate::remote::CallbackOutcome>,
 }
 
 /// Where an upload stands, for progress bars and `status`.
@@ -413,6 +415,7 @@ impl Engine {
                 parts_reused: 0,
                 bytes_sent: sent_total,
                 passes: pass,
+                callback: put.callback.clone(),
             };
             // Recorded whatever became of the file since: the index must know every object it wrote. The row
             // binds the object to `snapshot`, which a file changed since no longer has (so it is uploaded
@@ -522,5 +525,13 @@ pub fn options_fingerprint(options: &ObjectOptions) -> String {
         h.update(v.as_bytes());
     }
     h.update(&[options.forbid_overwrite as u8]);
+    // Encryption and tags are given at Initiate too. Hashed only when set, so the checkpoints of uploads
+    // without them keep their fingerprint. (The callback is sent with Complete and does not count.)
+    if let Some(sse) = &options.encryption {
+        h.update(format!("sse:{sse:?}").as_bytes());
+    }
+    for (k, v) in &options.tags {
+        h.update(format!("tag:{}:{k}={v}", k.len()).as_bytes());
+    }
     h.finalize().to_hex()[..32].to_string()
 }

@@ -26,7 +26,8 @@ use super::{
 };
 use crate::checksum::{crc64_fold, crc64nvme_fold};
 use crate::remote::{
-    Body, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts, list_all_uploads,
+    Body, CallbackOutcome, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts,
+    list_all_uploads,
 };
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
@@ -325,6 +326,8 @@ impl Session {
             parts_reused: u64::from(plan.count),
             bytes_sent: 0,
             passes: 1,
+            // Completed by an earlier run: whatever its callback answered is not known here.
+            callback: spec.options.callback.as_ref().map(|_| CallbackOutcome::Unknown),
         };
         inner.state.complete(Some(upload.id), &synced_record(spec, &outcome))?;
         tracing::info!(path = %spec.path.display(), key = %spec.key, upload_id = %upload.upload_id, size = outcome.size,
@@ -572,6 +575,7 @@ impl Session {
         let options = CompleteOptions {
             acl: self.spec.options.acl.clone(),
             forbid_overwrite: self.spec.options.forbid_overwrite,
+            callback: self.spec.options.callback.clone(),
         };
         let leaves_parts_out = self.on_server.range(plan.count + 1..).next().is_some();
         let remote = self.inner.remote.clone();
@@ -579,8 +583,9 @@ impl Session {
         let remote_err = |source| EngineError::Remote { key: key.clone(), source };
 
         let completed = remote.complete_multipart(&bucket, &key, &self.upload_id, &list, &options).await;
-        let (etag, server_crc, server_nvme) = match completed {
-            Ok(done) => (done.etag, done.crc64, done.crc64nvme),
+        let asked_callback = options.callback.is_some();
+        let (etag, server_crc, server_nvme, callback) = match completed {
+            Ok(done) => (done.etag, done.crc64, done.crc64nvme, done.callback),
             Err(e) if e.is_no_such_upload() => {
                 // A Complete whose answer was lost may have succeeded: the object tells.
                 match remote.head_object(&bucket, &key).await.map_err(remote_err)? {
@@ -589,7 +594,7 @@ impl Session {
                             && (info.crc64 == Some(expected_crc) || info.crc64nvme == Some(expected_nvme)) =>
                     {
                         tracing::info!(%key, upload_id = %self.upload_id, "upload had already been completed");
-                        (info.etag, info.crc64, info.crc64nvme)
+                        (info.etag, info.crc64, info.crc64nvme, asked_callback.then_some(CallbackOutcome::Unknown))
                     }
                     _ => {
                         tracing::warn!(%key, upload_id = %self.upload_id, "upload vanished before Complete; starting a new one");
@@ -649,6 +654,7 @@ impl Session {
             parts_reused: self.parts_reused,
             bytes_sent: self.bytes_sent,
             passes: pass,
+            callback,
         };
         self.inner.state.complete(Some(self.row), &synced_record(&self.spec, &outcome))?;
         tracing::info!(path = %self.spec.path.display(), key = %self.spec.key, upload_id = %self.upload_id, size = outcome.size,

@@ -286,7 +286,7 @@ impl Remote for MemoryRemote {
                 modified: SystemTime::now(),
             },
         );
-        Ok(PutResult { etag, digest, request_id: None })
+        Ok(PutResult { etag, digest, request_id: None, callback: None })
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, RemoteError> {
@@ -581,7 +581,7 @@ impl Remote for MemoryRemote {
             },
         );
         let nvme = crate::checksum::crc64nvme(&w.buckets[bucket][key].data);
-        Ok(CompleteResult { etag, crc64: Some(crc), crc64nvme: Some(nvme), request_id: None })
+        Ok(CompleteResult { etag, crc64: Some(crc), crc64nvme: Some(nvme), request_id: None, callback: None })
     }
 
     async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), RemoteError> {

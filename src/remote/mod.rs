@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod error;
 pub mod memory;
 pub mod names;
+pub mod options;
 pub mod oss;
 pub mod retry;
 pub mod s3;
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 pub use body::{Body, BodyDigest, FileRange};
 pub use credentials::{Credentials, Secret};
 pub use error::{ErrorKind, RemoteError, ServiceError};
+pub use options::{CallbackOutcome, Encryption, UploadCallback};
 pub use throttle::Throttle;
 
 /// Which wire protocol a remote speaks.
@@ -68,6 +70,12 @@ pub struct ObjectOptions {
     pub content_encoding: Option<String>,
     /// Fail with 409 FileAlreadyExists instead of replacing an existing object.
     pub forbid_overwrite: bool,
+    /// Server-side encryption (`--sse`).
+    pub encryption: Option<Encryption>,
+    /// Object tags (`--tag k=v`).
+    pub tags: Vec<(String, String)>,
+    /// OSS upload callback, sent with PutObject (a multipart upload sends it with Complete).
+    pub callback: Option<UploadCallback>,
 }
 
 /// The server's answer to a PutObject whose CRC-64 already matched the bytes sent.
@@ -77,6 +85,8 @@ pub struct PutResult {
     /// Digest of the bytes that were sent and confirmed.
     pub digest: BodyDigest,
     pub request_id: Option<String>,
+    /// The callback's outcome, when the upload asked for one.
+    pub callback: Option<CallbackOutcome>,
 }
 
 /// The server's answer to an UploadPart whose CRC-64 already matched the bytes sent.
@@ -227,6 +237,7 @@ pub struct CompletedPart {
 pub struct CompleteOptions {
     pub acl: Option<String>,
     pub forbid_overwrite: bool,
+    pub callback: Option<UploadCallback>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +248,8 @@ pub struct CompleteResult {
     /// Whole-object CRC-64/NVME, when an S3 server reports one.
     pub crc64nvme: Option<u64>,
     pub request_id: Option<String>,
+    /// The callback's outcome, when the Complete asked for one.
+    pub callback: Option<CallbackOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod callback;
 pub mod fakecloud;
 pub mod seaweed;
 pub mod torture;

@@ -7,7 +7,7 @@ Used by tests/cp.rs to check what `ossmirror cp` produced, through a client that
 prints one JSON object:
 
     {"object": null | {"size", "sha256", "server_crc", "content_type", "etag", "meta", "storage_class", "acl",
-                       "url"},
+                       "sse", "sse_key_id", "tags", "url"},
      "uploads": [{"key", "upload_id"}, …]}
 
 The object is read with `enable_crc=True`, so oss2 itself checks the body against the CRC-64 the server
@@ -47,6 +47,9 @@ def main(endpoint, sig, bucket_name, key):
             "meta": {k[len("x-oss-meta-"):]: v for k, v in head.headers.items() if k.lower().startswith("x-oss-meta-")},
             "storage_class": head.headers.get("x-oss-storage-class"),
             "acl": bucket.get_object_acl(key).acl,
+            "sse": head.headers.get("x-oss-server-side-encryption"),
+            "sse_key_id": head.headers.get("x-oss-server-side-encryption-key-id"),
+            "tags": dict(bucket.get_object_tagging(key).tag_set.tagging_rule),
             # A presigned URL, so a test can also fetch the bytes with a plain HTTP GET.
             "url": bucket.sign_url("GET", key, 600),
         }

@@ -29,6 +29,7 @@ use tracing::Instrument as _;
 use crate::credentials::{CredentialsProvider, StaticProvider, refresh_after_refusal};
 use crate::remote::body::DigestSlot;
 use crate::remote::names::{validate_bucket, validate_key};
+use crate::remote::options::{CallbackOutcome, Encryption, UploadCallback, tagging_header};
 use crate::remote::oss::endpoint::{ENDPOINT_FIX, Endpoint, RequestUrl};
 use crate::remote::oss::response::{self, Redactor, Reply};
 use crate::remote::oss::sign::{SignatureVersion, Signer, uri_encode};
@@ -83,6 +84,9 @@ pub struct OssConfig {
     pub complete_with_part_subset: bool,
     /// `--bwlimit`: paces every request body; share one across the clients of a process.
     pub throttle: Option<Arc<Throttle>>,
+    /// `--traffic-limit`: `x-oss-traffic-limit` (bit/s) on every PutObject, UploadPart and GetObject, so
+    /// the server paces them (checked against OSS's range by [`crate::remote::options::traffic_limit_bits`]).
+    pub traffic_limit: Option<u64>,
 }
 
 impl OssConfig {
@@ -100,6 +104,7 @@ impl OssConfig {
             read_timeout: Duration::from_secs(60),
             complete_with_part_subset: false,
             throttle: None,
+            traffic_limit: None,
         }
     }
 }
@@ -119,6 +124,7 @@ struct Inner {
     retry: RetryPolicy,
     capabilities: Capabilities,
     clock: Clock,
+    traffic_limit: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for OssClient {
@@ -297,7 +303,53 @@ fn object_headers(options: &ObjectOptions, include_acl: bool) -> Result<HeaderMa
     if options.forbid_overwrite {
         h.insert("x-oss-forbid-overwrite", HeaderValue::from_static("true"));
     }
+    match &options.encryption {
+        None => {}
+        Some(Encryption::Aes256) => {
+            h.insert("x-oss-server-side-encryption", HeaderValue::from_static("AES256"));
+        }
+        Some(Encryption::Sm4) => {
+            h.insert("x-oss-server-side-encryption", HeaderValue::from_static("SM4"));
+        }
+        Some(Encryption::Kms { key_id }) => {
+            h.insert("x-oss-server-side-encryption", HeaderValue::from_static("KMS"));
+            if let Some(id) = key_id {
+                h.insert("x-oss-server-side-encryption-key-id", header_value("KMS key id", id)?);
+            }
+        }
+    }
+    if let Some(tagging) = tagging_header(&options.tags)? {
+        h.insert("x-oss-tagging", header_value("tags", &tagging)?);
+    }
     Ok(h)
+}
+
+/// `x-oss-callback` (and `x-oss-callback-var`) for an upload that asks for a callback.
+fn insert_callback(headers: &mut HeaderMap, callback: Option<&UploadCallback>) -> Result<(), RemoteError> {
+    if let Some(cb) = callback {
+        let (spec, vars) = cb.header_values();
+        headers.insert("x-oss-callback", header_value("callback", &spec)?);
+        if let Some(vars) = vars {
+            headers.insert("x-oss-callback-var", header_value("callback variables", &vars)?);
+        }
+    }
+    Ok(())
+}
+
+/// With a callback, a 2xx upload answer's body is the callback server's answer (200) or OSS's
+/// CallbackFailed error (203); the object is stored either way.
+fn callback_outcome(reply: &Reply, asked: bool) -> Option<CallbackOutcome> {
+    if !asked {
+        return None;
+    }
+    if reply.status.as_u16() == 203 {
+        let message = crate::remote::xml::parse(&reply.body)
+            .ok()
+            .and_then(|e| e.text_of("Message").map(str::to_string))
+            .unwrap_or_else(|| reply.redactor.snippet(&reply.body));
+        return Some(CallbackOutcome::Failed { message, request_id: reply.request_id.clone() });
+    }
+    Some(CallbackOutcome::Answered(String::from_utf8_lossy(&reply.body).into_owned()))
 }
 
 fn checked_acl(acl: &str) -> Result<HeaderValue, RemoteError> {
@@ -407,6 +459,7 @@ impl OssClient {
                     complete_with_part_subset: config.complete_with_part_subset,
                 },
                 clock: Clock::default(),
+                traffic_limit: config.traffic_limit.map(HeaderValue::from),
             }),
         })
     }
@@ -493,9 +546,14 @@ impl OssClient {
     /// same rules as the server's.
     async fn execute<T>(
         &self,
-        call: Call<'_>,
+        mut call: Call<'_>,
         parse: impl Fn(&Reply) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
+        if let Some(limit) = &self.inner.traffic_limit
+            && matches!(call.op, "PutObject" | "UploadPart" | "GetObject")
+        {
+            call.headers.insert("x-oss-traffic-limit", limit.clone());
+        }
         validate_bucket(call.bucket)?;
         if let Some(key) = call.key {
             check_key(key)?;
@@ -722,11 +780,18 @@ impl Remote for OssClient {
         check_single_upload_size("PutObject", body.len())?;
         let mut call = Call::new("PutObject", Method::PUT, bucket, Some(key));
         call.headers = object_headers(options, true)?;
+        insert_callback(&mut call.headers, options.callback.as_ref())?;
+        if options.callback.is_some() {
+            // The callback server's answer (up to 3 MB) comes back as the body.
+            call.read = ReadBody::Xml;
+        }
         call.body = body;
         call.verify_body = true;
+        let asked = options.callback.is_some();
         self.execute(call, |reply| {
             let (etag, digest) = Self::verify_upload(reply)?;
-            Ok(PutResult { etag, digest, request_id: reply.request_id.clone() })
+            let callback = callback_outcome(reply, asked);
+            Ok(PutResult { etag, digest, request_id: reply.request_id.clone(), callback })
         })
         .await
     }
@@ -977,10 +1042,26 @@ impl Remote for OssClient {
         if options.forbid_overwrite {
             call.headers.insert("x-oss-forbid-overwrite", HeaderValue::from_static("true"));
         }
+        insert_callback(&mut call.headers, options.callback.as_ref())?;
         call.read = ReadBody::Xml;
+        let asked = options.callback.is_some();
         self.execute(call, |reply| {
-            let etag = reply.xml(xml::parse_complete)?;
-            Ok(CompleteResult { etag, crc64: reply.crc64()?, crc64nvme: None, request_id: reply.request_id.clone() })
+            // With a callback the body is the callback's answer: the ETag comes from the header.
+            let etag = match asked {
+                false => reply.xml(xml::parse_complete)?,
+                true => reply
+                    .header("etag")
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(|| reply.bad("a Complete with a callback answered without an ETag header"))?,
+            };
+            Ok(CompleteResult {
+                etag,
+                crc64: reply.crc64()?,
+                crc64nvme: None,
+                request_id: reply.request_id.clone(),
+                callback: callback_outcome(reply, asked),
+            })
         })
         .await
     }

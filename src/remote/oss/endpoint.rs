@@ -141,6 +141,59 @@ impl Endpoint {
     }
 }
 
+/// Which of a region's OSS endpoints to talk to (`--endpoint-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// `oss-REGION.aliyuncs.com`.
+    Public,
+    /// `oss-REGION-internal.aliyuncs.com`: reached from ECS in the same region, traffic not billed.
+    Internal,
+    /// `oss-accelerate.aliyuncs.com`: transfer acceleration (enabled per bucket).
+    Accelerate,
+}
+
+/// The endpoint of `kind` for the region of `endpoint` (an Alibaba Cloud OSS host), or for `region` when no
+/// endpoint is given. The scheme (https by default) is kept. An endpoint that is not an OSS host of a
+/// region is refused: the kind can only be derived from `oss-REGION[-internal].aliyuncs.com`.
+pub fn endpoint_of_kind(
+    endpoint: Option<&str>,
+    region: Option<&str>,
+    kind: EndpointKind,
+) -> Result<String, RemoteError> {
+    let (https, region) = match endpoint {
+        Some(e) => {
+            let parsed = Endpoint::parse(e)?;
+            let on_accelerate = parsed.host.starts_with("oss-accelerate");
+            let region = parsed.guess_region().or_else(|| region.map(str::to_string));
+            match region {
+                Some(r) if parsed.host.ends_with(".aliyuncs.com") => (parsed.https, r),
+                None if on_accelerate && kind == EndpointKind::Accelerate => (parsed.https, String::new()),
+                _ => {
+                    return Err(RemoteError::invalid_input(
+                        format!("--endpoint-kind needs an Alibaba Cloud OSS endpoint, not {}", parsed.display()),
+                        "give --endpoint https://oss-REGION.aliyuncs.com (or --region), or the host you want directly",
+                    ));
+                }
+            }
+        }
+        None => match region {
+            Some(r) => (true, r.strip_prefix("oss-").unwrap_or(r).to_string()),
+            None => {
+                return Err(RemoteError::invalid_input(
+                    "--endpoint-kind without an endpoint or a region",
+                    "give --region cn-hangzhou (or --endpoint https://oss-cn-hangzhou.aliyuncs.com)",
+                ));
+            }
+        },
+    };
+    let host = match kind {
+        EndpointKind::Public => format!("oss-{region}.aliyuncs.com"),
+        EndpointKind::Internal => format!("oss-{region}-internal.aliyuncs.com"),
+        EndpointKind::Accelerate => "oss-accelerate.aliyuncs.com".to_string(),
+    };
+    Ok(format!("{}://{host}", if https { "https" } else { "http" }))
+}
+
 /// The key as it goes into the URL path: percent-encoded with `/` kept, unless a `.`/`..` segment would be
 /// resolved away by URL normalization; then the slashes are encoded too and the key is one opaque segment.
 pub fn encode_key_path(key: &str) -> String {
@@ -326,5 +379,29 @@ mod tests {
             let e = RequestUrl::build(&local, true, "bkt", Some(key), &q(&[]), None).unwrap_err();
             assert!(e.to_string().contains("rename"), "{e}");
         }
+    }
+
+    #[test]
+    fn endpoint_kinds_are_derived_from_the_region() {
+        use super::{EndpointKind, endpoint_of_kind};
+        let e = Some("https://oss-cn-hangzhou.aliyuncs.com");
+        assert_eq!(
+            endpoint_of_kind(e, None, EndpointKind::Internal).unwrap(),
+            "https://oss-cn-hangzhou-internal.aliyuncs.com"
+        );
+        assert_eq!(endpoint_of_kind(e, None, EndpointKind::Accelerate).unwrap(), "https://oss-accelerate.aliyuncs.com");
+        let internal = Some("oss-cn-beijing-internal.aliyuncs.com");
+        assert_eq!(
+            endpoint_of_kind(internal, None, EndpointKind::Public).unwrap(),
+            "https://oss-cn-beijing.aliyuncs.com"
+        );
+        assert_eq!(
+            endpoint_of_kind(None, Some("eu-central-1"), EndpointKind::Internal).unwrap(),
+            "https://oss-eu-central-1-internal.aliyuncs.com"
+        );
+        let err =
+            endpoint_of_kind(Some("http://127.0.0.1:9000"), None, EndpointKind::Internal).unwrap_err().to_string();
+        assert!(err.contains("Alibaba Cloud OSS endpoint") && err.contains("--region"), "{err}");
+        assert!(endpoint_of_kind(None, None, EndpointKind::Internal).is_err());
     }
 }

@@ -912,7 +912,7 @@ async fn multipart_lifecycle_requests() {
                 CompletedPart { part_number: 1, etag: part.etag.clone(), ..Default::default() },
                 CompletedPart { part_number: 2, etag: copy.etag.clone(), ..Default::default() },
             ],
-            &CompleteOptions { acl: Some("public-read".into()), forbid_overwrite: true },
+            &CompleteOptions { acl: Some("public-read".into()), forbid_overwrite: true, callback: None },
         )
         .await
         .unwrap();
@@ -1022,4 +1022,95 @@ fn configuration_is_validated_with_clear_errors() {
     cfg.region = Some("cn-hangzhou".into());
     cfg.credentials = Some(Credentials::new("", "x"));
     assert!(OssClient::new(cfg).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// OSS options: encryption, tags, callbacks, traffic limit
+
+#[tokio::test]
+async fn encryption_tags_callback_and_traffic_limit_are_sent_signed_where_oss_takes_them() {
+    use crate::remote::{Encryption, UploadCallback};
+    let mock = Mock::start(|_, seen| {
+        checked(seen, || match seen.header("x-oss-callback") {
+            // The callback server's answer becomes the upload's body.
+            Some(_) => {
+                let etag = format!("\"{}\"", hex::encode_upper(md5::Md5::digest(&seen.body)));
+                let crc = crc64(&seen.body).to_string();
+                reply(
+                    200,
+                    &[("etag", etag), ("x-oss-hash-crc64ecma", crc), ("content-type", "application/json".into())],
+                    r#"{"Status":"OK"}"#,
+                )
+            }
+            None => upload_ok(seen),
+        })
+    })
+    .await;
+    let mut cfg = config(&mock.endpoint(), SignatureVersion::V4);
+    cfg.traffic_limit = Some(819_200);
+    let c = OssClient::new(cfg).unwrap();
+    let options = ObjectOptions {
+        encryption: Some(Encryption::Kms { key_id: Some("cmk-1".into()) }),
+        tags: vec![("project".into(), "a b".into())],
+        callback: Some(UploadCallback {
+            url: "http://127.0.0.1:1/cb".into(),
+            body: "object=${object}&uid=${x:uid}".into(),
+            host: None,
+            json_body: false,
+            vars: vec![("x:uid".into(), "42".into())],
+        }),
+        ..ObjectOptions::default()
+    };
+    let put = c.put_object(BUCKET, "k", bytes(b"0123456789"), &options).await.unwrap();
+    assert_eq!(put.callback, Some(crate::remote::CallbackOutcome::Answered(r#"{"Status":"OK"}"#.into())));
+    c.get_object(BUCKET, "k", None).await.unwrap_or_else(|e| panic!("GET: {e}"));
+    let seen = mock.seen();
+    let put = &seen[0];
+    assert_eq!(put.header("x-oss-server-side-encryption"), Some("KMS"));
+    assert_eq!(put.header("x-oss-server-side-encryption-key-id"), Some("cmk-1"));
+    assert_eq!(put.header("x-oss-tagging"), Some("project=a%20b"));
+    assert_eq!(put.header("x-oss-traffic-limit"), Some("819200"));
+    let decode = |v: &str| -> serde_json::Value {
+        use base64::Engine as _;
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(v).unwrap()).unwrap()
+    };
+    assert_eq!(decode(put.header("x-oss-callback").unwrap())["callbackUrl"], "http://127.0.0.1:1/cb");
+    assert_eq!(decode(put.header("x-oss-callback-var").unwrap())["x:uid"], "42");
+    assert_eq!(seen[1].header("x-oss-traffic-limit"), Some("819200"), "GetObject is paced too");
+    assert_eq!(seen[1].header("x-oss-server-side-encryption"), None);
+}
+
+#[tokio::test]
+async fn a_callback_that_failed_is_reported_and_the_upload_still_succeeds() {
+    use crate::remote::UploadCallback;
+    let mock = Mock::start(|_, seen| {
+        checked(seen, || {
+            let etag = format!("\"{}\"", hex::encode_upper(md5::Md5::digest(&seen.body)));
+            let crc = crc64(&seen.body).to_string();
+            let body = "<Error><Code>CallbackFailed</Code><Message>Error status : 502.</Message></Error>";
+            reply(
+                203,
+                &[("etag", etag), ("x-oss-hash-crc64ecma", crc), ("content-type", "application/xml".into())],
+                body,
+            )
+        })
+    })
+    .await;
+    let c = client(&mock, SignatureVersion::V1);
+    let options = ObjectOptions {
+        callback: Some(UploadCallback {
+            url: "http://127.0.0.1:1/cb".into(),
+            body: "x".into(),
+            host: None,
+            json_body: false,
+            vars: vec![],
+        }),
+        ..ObjectOptions::default()
+    };
+    let put = c.put_object(BUCKET, "k", bytes(b"abc"), &options).await.unwrap();
+    match put.callback {
+        Some(crate::remote::CallbackOutcome::Failed { message, .. }) => assert_eq!(message, "Error status : 502."),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(mock.seen().len(), 1, "a failed callback is not a failed upload: no retry");
 }

@@ -54,6 +54,7 @@ use crate::checksum::{Crc64Nvme, crc64nvme_fold};
 use crate::credentials::{CredentialsProvider, StaticProvider, refresh_after_refusal};
 use crate::remote::body::DigestSlot;
 use crate::remote::names::validate_bucket;
+use crate::remote::options::{Encryption, tagging_header};
 use crate::remote::oss::client::{
     MAX_DELETE_KEYS, check_key, check_single_upload_size, check_upload, content_and_metadata_headers, content_md5,
     header_value,
@@ -309,7 +310,39 @@ fn object_headers(options: &ObjectOptions) -> Result<HeaderMap, RemoteError> {
         // S3's conditional write: fail with 412 when the key exists.
         h.insert(http::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
     }
+    match &options.encryption {
+        None => {}
+        Some(Encryption::Aes256) => {
+            h.insert("x-amz-server-side-encryption", HeaderValue::from_static("AES256"));
+        }
+        Some(Encryption::Kms { key_id }) => {
+            h.insert("x-amz-server-side-encryption", HeaderValue::from_static("aws:kms"));
+            if let Some(id) = key_id {
+                h.insert("x-amz-server-side-encryption-aws-kms-key-id", header_value("KMS key id", id)?);
+            }
+        }
+        Some(Encryption::Sm4) => {
+            return Err(RemoteError::invalid_input(
+                "SM4 server-side encryption is an OSS feature the S3 API does not have",
+                "use --sse AES256 or KMS with --protocol s3",
+            ));
+        }
+    }
+    if let Some(tagging) = tagging_header(&options.tags)? {
+        h.insert("x-amz-tagging", header_value("tags", &tagging)?);
+    }
+    if options.callback.is_some() {
+        return Err(no_callbacks());
+    }
     Ok(h)
+}
+
+/// Upload callbacks are an OSS feature.
+fn no_callbacks() -> RemoteError {
+    RemoteError::invalid_input(
+        "upload callbacks are an OSS feature the S3 API does not have",
+        "drop --callback-url, or use --protocol oss against an OSS endpoint",
+    )
 }
 
 /// S3 storage class names; OSS's names map to the S3 class OSS documents as their counterpart.
@@ -1038,7 +1071,7 @@ impl Remote for S3Client {
         self.execute(call, |reply| {
             let etag = Self::verify_upload(reply, pre, mode)?;
             let digest = reply.sent.ok_or_else(|| reply.bad("the request body was not sent completely"))?;
-            Ok(PutResult { etag, digest, request_id: reply.request_id.clone() })
+            Ok(PutResult { etag, digest, request_id: reply.request_id.clone(), callback: None })
         })
         .await
     }
@@ -1266,6 +1299,9 @@ impl Remote for S3Client {
         options: &CompleteOptions,
     ) -> Result<CompleteResult, RemoteError> {
         check_upload(upload_id, None)?;
+        if options.callback.is_some() {
+            return Err(no_callbacks());
+        }
         if parts.is_empty() {
             return Err(RemoteError::invalid_input(
                 "CompleteMultipartUpload with no parts",
@@ -1335,7 +1371,13 @@ impl Remote for S3Client {
                         });
                     }
                 }
-                Ok(CompleteResult { etag: done.etag, crc64: None, crc64nvme: Some(expected), request_id })
+                Ok(CompleteResult {
+                    etag: done.etag,
+                    crc64: None,
+                    crc64nvme: Some(expected),
+                    request_id,
+                    callback: None,
+                })
             }
             Integrity::ContentMd5 => {
                 let etags: Vec<&str> = parts.iter().map(|p| p.etag.as_str()).collect();
@@ -1356,7 +1398,13 @@ impl Remote for S3Client {
                         request_id,
                     })));
                 }
-                Ok(CompleteResult { etag: done.etag, crc64: None, crc64nvme: done.crc64nvme, request_id })
+                Ok(CompleteResult {
+                    etag: done.etag,
+                    crc64: None,
+                    crc64nvme: done.crc64nvme,
+                    request_id,
+                    callback: None,
+                })
             }
         }
     }
