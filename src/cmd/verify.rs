@@ -113,7 +113,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// No endpoint: the agent's embedded store, opened in this process while the agent is stopped.
-async fn open_embedded(state_db: &Path, bucket: &str) -> anyhow::Result<(setup::Embedded, Arc<dyn Remote>)> {
+pub(super) async fn open_embedded(state_db: &Path, bucket: &str) -> anyhow::Result<(setup::Embedded, Arc<dyn Remote>)> {
     let store = state_db.with_extension("store");
     if !store.is_dir() {
         return Err(UsageError(format!(
