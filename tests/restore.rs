@@ -561,3 +561,54 @@ fn restore_from_seaweedfs_over_s3_gives_back_what_rclone_stored() {
     }
     assert_eq!(std::fs::read(to.join("empty")).unwrap(), b"");
 }
+
+#[test]
+fn a_restore_killed_mid_file_resumes_that_file_and_skips_the_finished_ones() {
+    let s = Setup::new();
+    let mut rng = fastrand::Rng::with_seed(13);
+    let small: Vec<Vec<u8>> = (0..4).map(|_| random_bytes(&mut rng, 2000)).collect();
+    let big = random_bytes(&mut rng, 40 * 64 * KIB + 5);
+    let keys = ["a-0.txt", "a-1.txt", "a-2.txt", "a-3.txt"];
+    let mut plants: Vec<Plant> = keys.iter().zip(&small).map(|(k, d)| (*k, d.as_slice(), &[][..])).collect();
+    plants.push(("m-big.bin", &big, &[("mode", "100600")]));
+    plants.push(("z-last.txt", b"last", &[]));
+    s.plant(&plants);
+    s.server.set_faults(json!({"latency_ms": 30}));
+    let to = s.path("to");
+    let db = s.path("ck.db");
+    let args =
+        ["--jobs", "1", "--part-size", "64K", "--threads", "2", "--checkpoint-db", db.to_str().unwrap(), "--json"];
+    let mut cmd = s.cmd(&["restore", "--bucket", BUCKET, "--to", to.to_str().unwrap()]);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Kill once the big file has a few ranges recorded in the checkpoint (keys are restored in order).
+    let recorded = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM download_ranges", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    wait_for("ranges of the big file recorded", || recorded() >= 4);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(!to.join("m-big.bin").exists(), "a torn target");
+
+    let out = s.restore(&to, &args);
+    expect_code(&out, 0);
+    let lines = json_lines(&out);
+    let event =
+        |key: &str| lines.iter().find(|l| l["key"] == key).cloned().unwrap_or_else(|| panic!("{key}: {}", text(&out)));
+    for k in keys {
+        assert_eq!(event(k)["kind"], "identical", "{k} was finished before the kill: {}", text(&out));
+    }
+    let b = event("m-big.bin");
+    assert_eq!(b["kind"], "downloaded");
+    assert!(b["ranges_reused"].as_u64().unwrap_or(0) >= 4, "the big file did not resume: {b}");
+    assert_eq!(event("z-last.txt")["kind"], "downloaded");
+    let files = tree(&to);
+    assert_eq!(files["m-big.bin"], big);
+    for (k, d) in keys.iter().zip(&small) {
+        assert_eq!(&files[*k], d);
+    }
+    assert_eq!(std::fs::metadata(to.join("m-big.bin")).unwrap().permissions().mode() & 0o7777, 0o600);
+}
