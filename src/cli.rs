@@ -475,6 +475,10 @@ pub struct RestoreArgs {
     /// Directory to restore into (created if missing). Nothing is written outside it.
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
+    /// The agent's --watch directory: with no endpoint, restore from the agent's embedded local store
+    /// (found from --watch, --bucket and --prefix as the agent derives its state database).
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
     /// Files downloaded in parallel [default: 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,

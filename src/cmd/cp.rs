@@ -169,7 +169,7 @@ async fn download(args: CpArgs, source: String) -> anyhow::Result<ExitCode> {
         return Err(UsageError(format!("{flag} is for uploads; a download (cp oss://… LOCAL) does not take it")).into());
     }
     let (bucket, key) = super::ls::parse_location(&source)?;
-    let connected = super::restore::connect(&args.remote, args.config.as_deref(), "cp", &bucket).await?;
+    let connected = super::restore::connect(&args.remote, args.config.as_deref(), "cp", &bucket, None).await?;
     let checkpoint = tokio::task::spawn_blocking({
         let (p, n) = (args.checkpoint_db.clone(), args.no_checkpoint);
         move || super::restore::open_checkpoint(p, n)

@@ -44,7 +44,7 @@ pub(super) fn parse_location(location: &str) -> Result<(String, String), UsageEr
 
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let (bucket, prefix) = parse_location(&args.location)?;
-    let connected = super::restore::connect(&args.remote, args.config.as_deref(), "ls", &bucket).await?;
+    let connected = super::restore::connect(&args.remote, args.config.as_deref(), "ls", &bucket, None).await?;
     let result = list(&*connected.remote, &bucket, &prefix, args.recursive, args.json).await;
     connected.shutdown().await;
     result?;

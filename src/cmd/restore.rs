@@ -48,6 +48,7 @@ pub(super) async fn connect(
     config: Option<&std::path::Path>,
     command: &str,
     bucket: &str,
+    agent: Option<(&std::path::Path, &str)>,
 ) -> anyhow::Result<Connected> {
     let (file, file_path) = FileConfig::load(config)?;
     let mut settings = RemoteSettings::resolve(remote, &file, &file_path, &ProcessEnv)?;
@@ -56,17 +57,21 @@ pub(super) async fn connect(
     if let Some(remote) = settings.connect()? {
         return Ok(Connected { remote, embedded: None });
     }
-    let Some(watch) = file.watch.as_deref().and_then(|w| std::fs::canonicalize(w).ok()) else {
+    let watch = agent.map(|(w, _)| w.to_path_buf()).or(file.watch.clone());
+    let Some(watch) = watch.and_then(|w| std::fs::canonicalize(w).ok()) else {
         return Err(UsageError(format!(
             "{command} needs an endpoint: give --endpoint URL or set OSS_ENDPOINT (or `endpoint` in the config file; \
-             with only `watch` there, the agent's embedded store is used)"
+             with none, --watch DIR names the agent's tree and its embedded store is used)"
         ))
         .into());
     };
-    let prefix = normalize_prefix(file.prefix.as_deref().unwrap_or(""));
+    let prefix = match agent {
+        Some((_, p)) => p.to_string(),
+        None => normalize_prefix(file.prefix.as_deref().unwrap_or("")),
+    };
     let state_db =
         file.state_db.clone().unwrap_or_else(|| setup::state_db_for(&watch, bucket, &prefix, None, &ProcessEnv));
-    let (embedded, remote) = super::verify::open_embedded(&state_db, bucket).await?;
+    let (embedded, remote) = super::verify::open_embedded(&state_db, bucket, command).await?;
     Ok(Connected { remote, embedded: Some(embedded) })
 }
 
@@ -87,7 +92,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| UsageError("restore needs --bucket BUCKET (or `bucket` in the config file)".into()))?;
     ossmirror::remote::names::validate_bucket(&bucket).map_err(|e| UsageError(e.to_string()))?;
     let prefix = normalize_prefix(args.prefix.as_deref().or(file.prefix.as_deref()).unwrap_or(""));
-    let connected = connect(&args.remote, args.config.as_deref(), "restore", &bucket).await?;
+    let agent = args.watch.as_deref().map(|w| (w, prefix.as_str()));
+    let connected = connect(&args.remote, args.config.as_deref(), "restore", &bucket, agent).await?;
     let checkpoint = tokio::task::spawn_blocking({
         let (p, n) = (args.checkpoint_db.clone(), args.no_checkpoint || args.dry_run);
         move || open_checkpoint(p, n)
