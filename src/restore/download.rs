@@ -291,9 +291,11 @@ impl Downloader {
             key: key.to_string(),
             target: target.path(),
         };
+        // One range has nothing to resume: no checkpoint rows for it (a restore of many small files would
+        // otherwise pay three SQLite commits per file).
+        let checkpoint = self.checkpoint.clone().filter(|_| parts > 1);
         let prepared = {
-            let (ck, ck_key, target, etag) =
-                (self.checkpoint.clone(), ck_key.clone(), target.clone(), info.etag.clone());
+            let (ck, ck_key, target, etag) = (checkpoint.clone(), ck_key.clone(), target.clone(), info.etag.clone());
             blocking(move || prepare(ck.as_deref(), &ck_key, &target, &etag, size, part_size, want_nvme)).await??
         };
         let Prepared { temp, temp_name, id, mut pieces } = prepared;
@@ -313,7 +315,7 @@ impl Downloader {
         };
         match result {
             Ok(verified_crc) => {
-                if let (Some(ck), Some(id)) = (&self.checkpoint, id) {
+                if let (Some(ck), Some(id)) = (&checkpoint, id) {
                     let ck = ck.clone();
                     blocking(move || ck.forget(id)).await??;
                 }
@@ -329,8 +331,8 @@ impl Downloader {
                 })
             }
             Err(e) => {
-                if e.discards_temp() || self.checkpoint.is_none() {
-                    let (dir, name, ck) = (target.dir.clone(), temp_name.clone(), self.checkpoint.clone());
+                if e.discards_temp() || checkpoint.is_none() {
+                    let (dir, name, ck) = (target.dir.clone(), temp_name.clone(), checkpoint.clone());
                     let _ = blocking(move || {
                         let _ = unlinkat(&dir, &name);
                         if let (Some(ck), Some(id)) = (ck, id) {
