@@ -612,3 +612,27 @@ fn a_restore_killed_mid_file_resumes_that_file_and_skips_the_finished_ones() {
     }
     assert_eq!(std::fs::metadata(to.join("m-big.bin")).unwrap().permissions().mode() & 0o7777, 0o600);
 }
+
+#[test]
+fn bad_input_gets_a_clear_message() {
+    let s = Setup::new();
+    s.plant(&[("k.txt", b"x", &[])]);
+    let file = s.path("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = s.restore(&file, &[]);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"), "{}", text(&out));
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+
+    let out = s.run(&["restore", "--bucket", "no-such-bucket-x", "--to", s.path("t").to_str().unwrap()]);
+    expect_code(&out, 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchBucket"), "{}", text(&out));
+
+    let out = s.run(&["cp", &format!("oss://{BUCKET}/k.txt"), s.path("no/such/dir/k.txt").to_str().unwrap()]);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its directory must exist"), "{}", text(&out));
+
+    let out = s.run(&["cp", &format!("oss://{BUCKET}/k.txt"), s.path("k.txt").to_str().unwrap(), "--meta", "a=b"]);
+    expect_code(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--meta is for uploads"), "{}", text(&out));
+}
