@@ -49,6 +49,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Check the setup: where the credentials come from, the endpoint, the clock, the bucket, inotify.
     Doctor(DoctorArgs),
+    /// Restore a prefix of a bucket into a directory (verified, resumable, never writing outside it).
+    Restore(RestoreArgs),
+    /// List objects: size, mtime, storage class, key.
+    Ls(LsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
     Completions(CompletionsArgs),
     /// Print the man page (roff) to standard output (packaging runs it to install ossmirror(1)).
@@ -302,13 +306,14 @@ pub struct AgentArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// `ossmirror cp LOCAL oss://BUCKET/KEY`.
+/// `ossmirror cp LOCAL oss://BUCKET/KEY` (upload) or `ossmirror cp oss://BUCKET/KEY LOCAL` (download).
 #[derive(Debug, Clone, Args)]
 pub struct CpArgs {
-    /// Local file to upload.
+    /// Local file to upload, or oss://BUCKET/KEY to download (oss://BUCKET/PREFIX/ downloads a tree).
     pub source: PathBuf,
 
-    /// Destination, oss://BUCKET/KEY (a trailing '/' appends the file name).
+    /// Destination: oss://BUCKET/KEY for an upload (a trailing '/' appends the file name), or a local file
+    /// (or directory) for a download.
     pub destination: String,
 
     /// Part size [default: 8M, raised so no file needs more than 10,000 parts].
@@ -518,6 +523,75 @@ pub struct VerifyArgs {
     /// Print JSON Lines: one object per finding, then a summary object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ossmirror restore --bucket B [--prefix P] --to DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Bucket to restore from [default: `bucket` in the config file].
+    #[arg(long, value_name = "BUCKET")]
+    pub bucket: Option<String>,
+    /// Key prefix to restore, as a folder [default: `prefix` in the config file].
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Directory to restore into (created if missing). Nothing is written outside it.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The agent's --watch directory: with no endpoint, restore from the agent's embedded local store
+    /// (found from --watch, --bucket and --prefix as the agent derives its state database).
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+    /// Files downloaded in parallel [default: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+    /// Range size of large objects [default: 8M].
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<ByteSize>,
+    /// Ranges in flight per file [default: 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Replace local files that differ from their object (by default they are left alone and reported).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Show what would be downloaded; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take a local file of the same size and mtime (from the object's metadata) as identical, instead of
+    /// comparing its CRC-64.
+    #[arg(long)]
+    pub fast: bool,
+    /// Print JSON Lines: one object per key, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+    /// Checkpoint database for resuming interrupted downloads [default: $XDG_STATE_HOME/ossmirror/download.db].
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint_db: Option<PathBuf>,
+    /// Keep no checkpoint: an interrupted file starts over.
+    #[arg(long, conflicts_with = "checkpoint_db")]
+    pub no_checkpoint: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Config file (TOML) for bucket, prefix, endpoint and credentials.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `ossmirror ls oss://BUCKET/[PREFIX]`.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// oss://BUCKET/[PREFIX] (s3:// also accepted).
+    pub location: String,
+    /// Every object below the prefix; without it, one level ("PRE dir/" for the folders).
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    /// Print JSON Lines: one object per entry.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Config file (TOML) for endpoint and credentials.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `ossmirror doctor`.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod engine;
 pub mod remote;
+pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod state;

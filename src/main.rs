@@ -40,6 +40,8 @@ fn main() -> ExitCode {
             Some(Command::Status(args)) => cmd::status::run(args).await,
             Some(Command::Verify(args)) => cmd::verify::run(args).await,
             Some(Command::Doctor(args)) => cmd::doctor::run(args).await,
+            Some(Command::Restore(args)) => cmd::restore::run(args).await,
+            Some(Command::Ls(args)) => cmd::ls::run(args).await,
             Some(Command::Completions(args)) => cmd::generate::completions(args.shell),
             Some(Command::Man) => cmd::generate::man(),
             None => cmd::agent::run(cli.agent).await,

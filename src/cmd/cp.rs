@@ -1,4 +1,5 @@
-//! `ossmirror cp LOCAL oss://BUCKET/KEY`: the SDKs' resumable upload as a command.
+//! `ossmirror cp LOCAL oss://BUCKET/KEY`: the SDKs' resumable upload as a command; and the way back,
+//! `ossmirror cp oss://BUCKET/KEY LOCAL` (see [`download`]).
 //!
 //! Exit code 0 only when the object is verified (its CRC-64 equals the bytes read from an unchanged file).
 //! Ctrl-C stops gracefully: parts in flight finish and are checkpointed, so running the same command again
@@ -7,8 +8,9 @@
 //! (the checkpoint is still consistent: parts are recorded only once acked).
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,6 +18,9 @@ use ossmirror::cli::CpArgs;
 use ossmirror::config::{FileConfig, ProcessEnv, RemoteSettings, state_dir};
 use ossmirror::engine::{Engine, EngineConfig, EngineError, Phase, Progress, UploadSpec};
 use ossmirror::remote::{CallbackOutcome, ObjectOptions};
+use ossmirror::restore::{
+    DownloadConfig, Downloader, Event, Progress as DownloadProgress, RestoreOptions, Restorer, Target,
+};
 use ossmirror::state::StateDb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 use super::UsageError;
 
 pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
+    if let Some(source) = args.source.to_str()
+        && (source.starts_with("oss://") || source.starts_with("s3://"))
+    {
+        return download(args.clone(), source.to_string()).await;
+    }
     let (bucket, key) = parse_destination(&args.destination, &args.source)?;
     check_source(&args.source)?;
     let (file, file_path) = FileConfig::load(args.config.as_deref())?;
@@ -165,6 +175,116 @@ pub async fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `cp oss://BUCKET/KEY LOCAL`: one resumable, verified download (`ossmirror::restore::download`);
+/// `cp oss://BUCKET/PREFIX/ DIR` restores the tree below the prefix. Exit 0 only when verified: an object
+/// whose server reports no checksum is written, but the exit code is 1 and the output says UNVERIFIED.
+/// A kill leaves the temporary file and the checkpoint: the same command resumes. Ctrl-C likewise.
+async fn download(args: CpArgs, source: String) -> anyhow::Result<ExitCode> {
+    let upload_only = [
+        (args.content_type.is_some(), "--content-type"),
+        (!args.meta.is_empty(), "--meta"),
+        (args.acl.is_some(), "--acl"),
+        (args.storage_class.is_some(), "--storage-class"),
+        (args.abort_on_cancel, "--abort-on-cancel"),
+        (args.object.sse.is_some(), "--sse"),
+        (!args.object.tags.is_empty(), "--tag"),
+        (args.object.callback_url.is_some(), "--callback-url"),
+    ];
+    if let Some((_, flag)) = upload_only.iter().find(|(given, _)| *given) {
+        return Err(UsageError(format!("{flag} is for uploads; a download (cp oss://… LOCAL) does not take it")).into());
+    }
+    let (bucket, key) = super::ls::parse_location(&source)?;
+    let connected = super::restore::connect(&args.remote, args.config.as_deref(), "cp", &bucket, None).await?;
+    let checkpoint = tokio::task::spawn_blocking({
+        let (p, n) = (args.checkpoint_db.clone(), args.no_checkpoint);
+        move || super::restore::open_checkpoint(p, n)
+    })
+    .await
+    .context("opening the checkpoint database")??;
+    let mut config = DownloadConfig::default();
+    if let Some(s) = args.part_size {
+        config.part_size = s.bytes();
+    }
+    if let Some(t) = args.threads {
+        config.threads = t;
+    }
+    let downloader = Downloader::new(connected.remote.clone(), checkpoint, config);
+    let destination = PathBuf::from(&args.destination);
+
+    if key.is_empty() || key.ends_with('/') {
+        let options = RestoreOptions {
+            bucket: bucket.clone(),
+            prefix: key.clone(),
+            jobs: 8,
+            overwrite: true,
+            dry_run: false,
+            fast: false,
+        };
+        let restorer = Restorer::new(downloader, &destination, options).map_err(|e| UsageError(e.to_string()))?;
+        let outcome = restorer.run(&|e: &Event| super::restore::print_event(e, false)).await;
+        connected.shutdown().await;
+        let summary = outcome?;
+        super::restore::print_summary(&summary, &destination, false);
+        return Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+
+    let name = key.rsplit('/').next().unwrap_or(&key).to_string();
+    let path =
+        if args.destination.ends_with('/') || destination.is_dir() { destination.join(&name) } else { destination };
+    let target = Target::from_path(&path)
+        .map_err(|e| UsageError(format!("cannot download to {}: {e} (its directory must exist)", path.display())))?;
+    let progress = Arc::new(DownloadProgress::default());
+    let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| spawn_download_bar(progress.clone()));
+    let result = downloader.download(&bucket, &key, &target, None, Some(&progress)).await;
+    if let Some(bar) = bar {
+        bar.abort();
+        eprintln!();
+    }
+    connected.shutdown().await;
+    let object = downloader.object_name(&bucket, &key);
+    match result {
+        Ok(o) => {
+            println!(
+                "downloaded {object} to {}: {} bytes, CRC-64 {}, ETag {}, {} ({} ranges fetched, {} reused{})",
+                path.display(),
+                o.size,
+                o.crc64,
+                o.etag.trim_matches('"'),
+                o.verified.describe(),
+                o.ranges_fetched,
+                o.ranges_reused,
+                if o.restarted { ", restarted: the object was replaced mid-download" } else { "" }
+            );
+            if o.verified.is_verified() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("ossmirror: {} was written but could not be verified (exit 1)", path.display());
+                Ok(ExitCode::from(1))
+            }
+        }
+        Err(e) => Err(anyhow::Error::new(e)),
+    }
+}
+
+fn spawn_download_bar(progress: Arc<DownloadProgress>) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message("downloading");
+    tokio::spawn(async move {
+        loop {
+            bar.set_length(progress.total.load(std::sync::atomic::Ordering::Relaxed));
+            bar.set_position(progress.done.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
 /// The file to upload must exist and be a regular file (or a link to one): say so before anything else.
 fn check_source(source: &Path) -> Result<(), UsageError> {
     match std::fs::metadata(source) {
@@ -266,7 +386,6 @@ fn spawn_progress_bar(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     #[test]
     fn destinations() {

@@ -4,6 +4,8 @@ pub mod agent;
 pub mod cp;
 pub mod doctor;
 pub mod generate;
+pub mod ls;
+pub mod restore;
 pub mod serve;
 pub mod status;
 pub mod verify;

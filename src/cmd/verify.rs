@@ -75,7 +75,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let remote: Arc<dyn Remote> = match settings.connect()? {
         Some(remote) => remote,
         None => {
-            let (e, remote) = open_embedded(&state_db, &args.bucket).await?;
+            let (e, remote) = open_embedded(&state_db, &args.bucket, "verify").await?;
             embedded = Some(e);
             remote
         }
@@ -113,11 +113,15 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// No endpoint: the agent's embedded store, opened in this process while the agent is stopped.
-async fn open_embedded(state_db: &Path, bucket: &str) -> anyhow::Result<(setup::Embedded, Arc<dyn Remote>)> {
+pub(super) async fn open_embedded(
+    state_db: &Path,
+    bucket: &str,
+    command: &str,
+) -> anyhow::Result<(setup::Embedded, Arc<dyn Remote>)> {
     let store = state_db.with_extension("store");
     if !store.is_dir() {
         return Err(UsageError(format!(
-            "verify needs an endpoint: give --endpoint URL (or OSS_ENDPOINT) and credentials. (Without one the \
+            "{command} needs an endpoint: give --endpoint URL (or OSS_ENDPOINT) and credentials. (Without one the \
              agent keeps objects in an embedded store next to its state database, but there is none at {})",
             store.display()
         ))
@@ -126,12 +130,12 @@ async fn open_embedded(state_db: &Path, bucket: &str) -> anyhow::Result<(setup::
     if let Some(pid) = super::status::running_agent(state_db) {
         anyhow::bail!(
             "the agent (pid {pid}) is running with its embedded store {}, and only one server may open a store: \
-             stop the agent, run verify, then start it again",
+             stop the agent, run {command}, then start it again",
             store.display()
         );
     }
     eprintln!(
-        "ossmirror: no endpoint given: verifying against the agent's embedded local store {} (objects on this \
+        "ossmirror: no endpoint given: using the agent's embedded local store {} (objects on this \
          machine)",
         store.display()
     );

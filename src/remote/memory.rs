@@ -297,12 +297,32 @@ impl Remote for MemoryRemote {
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError> {
+        self.get_object_if_match(bucket, key, range, None).await
+    }
+
+    async fn get_object_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<GetResult, RemoteError> {
         self.gate("GetObject", bucket, key, None).await?;
         self.bucket_exists("GetObject", bucket)?;
         let w = self.world();
         let Some(o) = w.buckets.get(bucket).and_then(|b| b.get(key)) else {
             return Err(service("GetObject", 404, "NoSuchKey", "The specified key does not exist."));
         };
+        if let Some(want) = if_match
+            && want.trim_matches('"') != o.etag.trim_matches('"')
+        {
+            return Err(service(
+                "GetObject",
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold.",
+            ));
+        }
         let total = o.data.len() as u64;
         let (body, content_range) = match range {
             Some(r) if r.first < total => {

@@ -289,6 +289,25 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError>;
 
+    /// GetObject pinned to an ETag: with `if_match`, the server answers `412 PreconditionFailed` instead of
+    /// the bytes of an object that was replaced (downloads send it on every range). The default serves only
+    /// unconditional requests, so a wrapper that does not forward this cannot silently drop the condition.
+    async fn get_object_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<GetResult, RemoteError> {
+        match if_match {
+            None => self.get_object(bucket, key, range).await,
+            Some(_) => Err(RemoteError::invalid_input(
+                format!("{} cannot send conditional GETs (If-Match)", self.endpoint_display()),
+                "use the oss or s3 dialect",
+            )),
+        }
+    }
+
     /// Succeeds when the key does not exist (OSS answers 204 either way).
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), RemoteError>;
 
@@ -351,6 +370,12 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         bucket: &str,
         request: &ListUploadsRequest,
     ) -> Result<ListUploadsPage, RemoteError>;
+}
+
+/// An ETag as a conditional header carries it: in double quotes (listings and HEAD may give it bare).
+pub(crate) fn quote_etag(etag: &str) -> String {
+    let bare = etag.trim_matches('"');
+    format!("\"{bare}\"")
 }
 
 /// More pages than any legal listing has (10,000 parts or a million uploads at 1000 per page): a server

@@ -808,8 +808,21 @@ impl Remote for OssClient {
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError> {
+        self.get_object_if_match(bucket, key, range, None).await
+    }
+
+    async fn get_object_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<GetResult, RemoteError> {
         let mut call = Call::new("GetObject", Method::GET, bucket, Some(key));
         call.read = ReadBody::Object;
+        if let Some(etag) = if_match {
+            call.headers.insert(http::header::IF_MATCH, header_value("if-match", &crate::remote::quote_etag(etag))?);
+        }
         if let Some(r) = range {
             if r.first > r.last {
                 return Err(RemoteError::invalid_input(

@@ -1088,8 +1088,21 @@ impl Remote for S3Client {
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<GetResult, RemoteError> {
+        self.get_object_if_match(bucket, key, range, None).await
+    }
+
+    async fn get_object_if_match(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<GetResult, RemoteError> {
         let mut call = Call::new("GetObject", Method::GET, bucket, Some(key));
         call.read = ReadBody::Object;
+        if let Some(etag) = if_match {
+            call.headers.insert(http::header::IF_MATCH, header_value("if-match", &crate::remote::quote_etag(etag))?);
+        }
         match range {
             Some(r) => {
                 check_range(&r)?;
