@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 part_size: snapshot.size.max(1),
                 part_blake3: h.part_blake3,
                 synced_at: SystemTime::now(),
+                object_meta: Some(h.meta.encode()),
             },
         )?;
         n += 1;

@@ -293,6 +293,11 @@ pub struct AgentArgs {
     #[arg(long)]
     pub once: bool,
 
+    /// With --once: print what would be uploaded, copied, metadata-updated or deleted, and change nothing
+    /// (the state database is only read; nothing is sent to the remote).
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Config file (TOML) [default: /etc/ossmirror/config.toml if present].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

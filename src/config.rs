@@ -563,6 +563,8 @@ pub struct AgentSettings {
     /// Zero: no periodic remote check (the one at start still runs).
     pub remote_check_interval: Duration,
     pub once: bool,
+    /// `--once --dry-run`: plan, print, change nothing.
+    pub dry_run: bool,
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
@@ -673,6 +675,7 @@ impl AgentSettings {
                 Duration::from_secs(24 * 3600),
             )?,
             once: flags.once,
+            dry_run: flags.dry_run,
             log_format,
             metrics_listen,
             config_file: path,

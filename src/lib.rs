@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod engine;
+pub mod filemeta;
 pub mod remote;
 pub mod restore;
 pub mod server;

@@ -559,6 +559,16 @@ impl Remote for Hooked {
         self.gate("CopyObject", None).await;
         self.inner.copy_object(b, s, d).await
     }
+    async fn copy_object_with(
+        &self,
+        b: &str,
+        s: &str,
+        d: &str,
+        o: &ossmirror::remote::CopyOptions,
+    ) -> Result<CopyResult, RemoteError> {
+        self.gate("CopyObject", None).await;
+        self.inner.copy_object_with(b, s, d, o).await
+    }
     async fn initiate_multipart(&self, b: &str, k: &str, o: &ObjectOptions) -> Result<String, RemoteError> {
         self.gate("CreateMultipartUpload", None).await;
         self.inner.initiate_multipart(b, k, o).await

@@ -3,10 +3,15 @@
 //!
 //! 1. **Up to date**: the index records this exact snapshot.
 //! 2. **Revalidate**: same size, other timestamps (touch, chmod, a restore that kept content): the file's
-//!    per-part BLAKE3 equals the recorded ones, so only the index row changes.
+//!    per-part BLAKE3 equals the recorded ones, so the bytes are not sent again. When the file metadata the
+//!    object carries (mtime, mode, uid/gid as root: [`crate::filemeta`]) no longer matches, it is set
+//!    server-side (CopyObject onto itself, REPLACE, only while the object keeps its recorded ETag); else
+//!    only the index row changes. A row from before the index recorded object metadata ("not known") is
+//!    left as it is while the file is unchanged, and gets its metadata at the first such change.
 //! 3. **Copy**: the index knows an object with this file's inode, size and mtime under another key (a
 //!    rename, a moved directory, a hard link): the local CRC-64 must equal that object's, then a
-//!    server-side copy whose CRC-64 is checked again.
+//!    server-side copy (REPLACE: with this file's metadata and the content type of its new name) whose
+//!    CRC-64 is checked again.
 //! 4. **Adopt** (a fresh index over a bucket that may already hold the files): the remote object has this
 //!    size and the local CRC-64 equals its CRC-64.
 //! 5. **Upload** through the engine.
@@ -26,16 +31,14 @@ use tokio_util::sync::CancellationToken;
 use super::local::{LocalHashes, hash_file, open_in_tree};
 use super::metrics::{self, Metrics};
 use super::remote_check::{FindingKind, RemoteFinding, etag_eq};
-use crate::engine::{Engine, EngineError, PartPlan, UploadSpec};
-use crate::remote::{ByteRange, CompletedPart, ErrorKind, ObjectOptions, Remote, RemoteError};
+use crate::engine::{Engine, EngineError, PartPlan, UploadSpec, with_file_meta};
+use crate::filemeta::FileMeta;
+use crate::remote::{
+    CopyOptions, ErrorKind, MAX_COPY_OBJECT, ObjectOptions, Remote, RemoteError, copy_in_parts, set_metadata,
+};
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, StateDb, StateError, SyncedEntry, SyncedFile};
 use crate::watch::{escape_path, object_key, rel_path_of_key};
-
-/// OSS CopyObject handles sources up to 1 GiB; larger ones are copied part by part.
-const MAX_COPY_OBJECT: u64 = 1 << 30;
-/// Part size for copying large objects part by part (UploadPartCopy allows up to 5 GiB).
-const COPY_PART: u64 = 1 << 30;
 
 /// Everything a job needs; shared by all jobs.
 pub struct Ctx {
@@ -90,6 +93,8 @@ pub enum Outcome {
     UpToDate,
     Uploaded,
     Revalidated,
+    /// Same bytes, other file metadata: set on the object server-side, nothing uploaded.
+    MetadataUpdated,
     Copied,
     Adopted,
     /// The file is gone (a `Removed` event follows from the watcher or the next scan).
@@ -175,6 +180,11 @@ impl Ctx {
         }
     }
 
+    /// What a REPLACE copy for `rel` sends: the content type of its name and the file metadata.
+    fn meta_options(&self, rel: &Path, meta: FileMeta) -> ObjectOptions {
+        with_file_meta(&self.object_options(&self.path_of(rel)), Some(meta))
+    }
+
     /// The part size the engine records for a file of `size` bytes (so local hashes line up with it).
     fn part_size_for(&self, size: u64) -> u64 {
         if size <= self.multipart_threshold {
@@ -230,6 +240,7 @@ impl Ctx {
         hashes: &LocalHashes,
         etag: String,
         part_size: u64,
+        object_meta: Option<FileMeta>,
     ) -> Result<(), JobError> {
         let synced = SyncedFile {
             bucket: self.bucket.clone(),
@@ -242,6 +253,7 @@ impl Ctx {
             part_size,
             part_blake3: hashes.part_blake3.clone(),
             synced_at: SystemTime::now(),
+            object_meta: object_meta.map(|m| m.encode()),
         };
         self.state.complete(None, &synced)?;
         Ok(())
@@ -270,19 +282,32 @@ impl Ctx {
             return Ok(Outcome::NotAFile);
         }
         let snapshot = FileSnapshot::from_metadata(&meta);
-        let synced = self.state.synced(&self.bucket, key)?;
-        if synced.as_ref().is_some_and(|s| s.snapshot == snapshot) {
-            self.state.clear_status(&self.bucket, key)?;
-            return Ok(Outcome::UpToDate);
+        let mut synced = self.state.synced(&self.bucket, key)?;
+        if let Some(s) = synced.as_ref().filter(|s| s.snapshot == snapshot) {
+            // The object may carry other metadata than this snapshot's (the engine could not set it after
+            // a change mid-upload); "not known" (an older row) is left alone.
+            let stale = s.object_meta.as_deref().is_some_and(|m| m != FileMeta::of(&meta).encode());
+            if !stale {
+                self.state.clear_status(&self.bucket, key)?;
+                return Ok(Outcome::UpToDate);
+            }
         }
-        if let Some(s) = synced.as_ref().filter(|s| s.size == snapshot.size) {
+        if let Some(s) = synced.clone().filter(|s| s.size == snapshot.size) {
             if let Some(h) = self.hash(rel, s.part_size, snapshot).await? {
                 if h.part_blake3 == s.part_blake3 && h.crc64 == s.crc64 {
-                    self.record(rel, key, &h, s.etag.clone(), s.part_size)?;
-                    metrics::inc(&self.metrics.files_revalidated);
-                    self.count_synced(snapshot.size);
-                    tracing::info!(path = %escape_path(rel), %key, "metadata changed, content did not: index updated, nothing uploaded");
-                    return Ok(Outcome::Revalidated);
+                    if s.object_meta.as_deref() != Some(h.meta.encode().as_str()) {
+                        if self.update_metadata(rel, key, &s, &h).await? {
+                            return Ok(Outcome::MetadataUpdated);
+                        }
+                        // The object is not the one the index recorded: upload.
+                        synced = None;
+                    } else {
+                        self.record(rel, key, &h, s.etag.clone(), s.part_size, Some(h.meta))?;
+                        metrics::inc(&self.metrics.files_revalidated);
+                        self.count_synced(snapshot.size);
+                        tracing::info!(path = %escape_path(rel), %key, "timestamps changed, content and file metadata did not: index updated, nothing uploaded");
+                        return Ok(Outcome::Revalidated);
+                    }
                 }
             }
         }
@@ -320,6 +345,41 @@ impl Ctx {
             Err(EngineError::NotRegular { .. }) => Ok(Outcome::NotAFile),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Same bytes as the recorded object, other file metadata (touch, chmod, chown as root): set it on the
+    /// object server-side, only while the object still has the recorded ETag. `false` when the object is
+    /// gone or was replaced (its row is forgotten, so the file is uploaded).
+    async fn update_metadata(
+        &self,
+        rel: &Path,
+        key: &str,
+        row: &SyncedFile,
+        local: &super::local::LocalHashes,
+    ) -> Result<bool, JobError> {
+        let options = self.meta_options(rel, local.meta);
+        let copy = match set_metadata(&*self.remote, &self.bucket, key, row.size, &row.etag, &options).await {
+            Ok(copy) => copy,
+            Err(e) if matches!(e.code(), Some("PreconditionFailed" | "NoSuchKey")) || e.status() == Some(412) => {
+                tracing::warn!(%key, error = %e, "the object is not the one the index recorded: uploading the file again");
+                self.state.forget_synced(&self.bucket, key)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if copy.crc64.is_some_and(|crc| crc != row.crc64) {
+            self.state.forget_synced(&self.bucket, key)?;
+            return Err(JobError::new(format!(
+                "{key}: after the metadata update the object reports CRC-64 {:?}, not {}; it will be uploaded",
+                copy.crc64, row.crc64
+            )));
+        }
+        self.record(rel, key, local, copy.etag, row.part_size, Some(local.meta))?;
+        metrics::inc(&self.metrics.files_revalidated);
+        self.count_synced(row.size);
+        tracing::info!(path = %escape_path(rel), %key, mtime = %local.meta.mtime_string(), mode = %format!("{:o}", local.meta.mode),
+            "file metadata changed, content did not: object metadata replaced server-side, nothing uploaded");
+        Ok(true)
     }
 
     /// Make the index agree with what the remote check found for `key`. A row synced before the listing
@@ -415,10 +475,13 @@ impl Ctx {
         if local.crc64 != source.crc64 || local.part_blake3 != source.part_blake3 {
             return Ok(false);
         }
+        // REPLACE: the copy carries this file's metadata and the content type of its own name.
+        let options = self.meta_options(rel, local.meta);
         if source.size <= MAX_COPY_OBJECT {
-            self.remote.copy_object(&self.bucket, &source.key, key).await?;
+            let copy = CopyOptions { replace: Some(options), source_if_match: None };
+            self.remote.copy_object_with(&self.bucket, &source.key, key, &copy).await?;
         } else {
-            self.copy_in_parts(&source.key, key, source.size).await?;
+            copy_in_parts(&*self.remote, &self.bucket, &source.key, key, source.size, &options).await?;
         }
         let Some(info) = self.remote.head_object(&self.bucket, key).await? else {
             return Err(JobError::new(format!("{key}: the copy is not there after CopyObject")));
@@ -431,7 +494,7 @@ impl Ctx {
                 info.size, info.crc64
             )));
         }
-        self.record(rel, key, &local, info.etag, source.part_size)?;
+        self.record(rel, key, &local, info.etag, source.part_size, Some(local.meta))?;
         metrics::inc(&self.metrics.files_copied);
         self.count_synced(snapshot.size);
         // The source's own path still holding this very file means another name of it, not a rename.
@@ -451,34 +514,6 @@ impl Ctx {
         Ok(true)
     }
 
-    /// Multipart copy for sources larger than CopyObject takes; aborted on any failure (no orphans).
-    async fn copy_in_parts(&self, source_key: &str, key: &str, size: u64) -> Result<(), JobError> {
-        // The copy is a new object: it gets this agent's encryption and tags (the callback fires for uploads only).
-        let options = ObjectOptions { callback: None, ..self.object.clone() };
-        let upload_id = self.remote.initiate_multipart(&self.bucket, key, &options).await?;
-        let result: Result<(), JobError> = async {
-            let mut parts = Vec::new();
-            let count = size.div_ceil(COPY_PART);
-            for n in 1..=count {
-                let range = ByteRange::from_offset_len((n - 1) * COPY_PART, COPY_PART.min(size - (n - 1) * COPY_PART));
-                let part = self
-                    .remote
-                    .upload_part_copy(&self.bucket, key, &upload_id, n as u32, &self.bucket, source_key, range)
-                    .await?;
-                parts.push(CompletedPart { part_number: n as u32, etag: part.etag, ..Default::default() });
-            }
-            self.remote.complete_multipart(&self.bucket, key, &upload_id, &parts, &Default::default()).await?;
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
-            if let Err(e) = self.remote.abort_multipart(&self.bucket, key, &upload_id).await {
-                tracing::warn!(%key, %upload_id, error = %e, "could not abort a failed multipart copy");
-            }
-        }
-        result
-    }
-
     /// An object already at `key` with this file's size and CRC-64 is adopted instead of uploaded.
     async fn adopt(&self, rel: &Path, key: &str, snapshot: FileSnapshot) -> Result<bool, JobError> {
         let Some(info) = self.remote.head_object(&self.bucket, key).await? else { return Ok(false) };
@@ -490,10 +525,20 @@ impl Ctx {
         if info.crc64 != Some(local.crc64) && info.crc64nvme != Some(local.crc64nvme) {
             return Ok(false);
         }
-        self.record(rel, key, &local, info.etag, part_size)?;
+        let carried = FileMeta::from_pairs(&info.metadata);
+        self.record(rel, key, &local, info.etag.clone(), part_size, carried)?;
         metrics::inc(&self.metrics.files_adopted);
         self.count_synced(snapshot.size);
         tracing::info!(path = %escape_path(rel), %key, "already on the remote with the same CRC-64: adopted, nothing uploaded");
+        if carried != Some(local.meta) {
+            // Every object we keep carries the file's metadata: set it now, server-side.
+            let row = self.state.synced(&self.bucket, key)?;
+            if let Some(row) = row {
+                if !self.update_metadata(rel, key, &row, &local).await? {
+                    return Ok(false);
+                }
+            }
+        }
         Ok(true)
     }
 

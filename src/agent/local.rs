@@ -10,12 +10,15 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::checksum::{Blake3, Crc64, Crc64Nvme};
+use crate::filemeta::FileMeta;
 use crate::snapshot::FileSnapshot;
 
 /// What a file held while it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalHashes {
     pub snapshot: FileSnapshot,
+    /// The file metadata objects carry, from the fstat that took `snapshot`.
+    pub meta: FileMeta,
     pub crc64: u64,
     pub crc64nvme: u64,
     /// BLAKE3 of each `part_size` piece (one hash of the whole file when it is a single piece).
@@ -36,15 +39,18 @@ pub fn open_in_tree(root: &Path, rel: &Path, follow_symlinks: bool) -> io::Resul
 /// Hash the open `file` in pieces of `part_size`. `Ok(None)` when the file changed while being read, or is
 /// not the file `expected` describes (another inode, size or timestamps).
 pub fn hash_file(file: &File, part_size: u64, expected: &FileSnapshot) -> io::Result<Option<LocalHashes>> {
-    let before = FileSnapshot::of_file(file)?;
-    if before != *expected || !file.metadata()?.is_file() {
+    let m = file.metadata()?;
+    let before = FileSnapshot::from_metadata(&m);
+    if before != *expected || !m.is_file() {
         return Ok(None);
     }
+    // From the same fstat as the snapshot, which is checked unchanged after reading (chmod moves ctime).
+    let meta = FileMeta::of(&m);
     let Some((crc64, crc64nvme, part_blake3)) = hash_pieces(file, before.size, part_size.max(1))? else {
         return Ok(None);
     };
     let after = FileSnapshot::of_file(file)?;
-    Ok((after == before).then_some(LocalHashes { snapshot: before, crc64, crc64nvme, part_blake3 }))
+    Ok((after == before).then_some(LocalHashes { snapshot: before, meta, crc64, crc64nvme, part_blake3 }))
 }
 
 fn hash_pieces(file: &File, size: u64, part_size: u64) -> io::Result<Option<(u64, u64, Vec<Blake3>)>> {

@@ -14,6 +14,7 @@
 //! `--shutdown-timeout`, then stops; every upload resumes from its checkpoint on the next start.
 
 pub mod actions;
+pub mod dry_run;
 pub mod local;
 pub mod metrics;
 pub mod reconcile;

@@ -23,6 +23,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let mut settings = AgentSettings::resolve(&args, &ProcessEnv)?;
+    if settings.dry_run {
+        if !settings.once {
+            return Err(
+                UsageError("--dry-run needs --once: it plans one run and changes nothing (add --once)".into()).into()
+            );
+        }
+        // Before credentials are resolved: a dry run sends nothing anywhere.
+        let plan = match agent::dry_run::plan(&settings).await {
+            Ok(plan) => plan,
+            Err(e @ (AgentError::Config(_) | AgentError::Invalid(_))) => return Err(UsageError(e.to_string()).into()),
+            Err(e) => return Err(e.into()),
+        };
+        agent::dry_run::print(&plan);
+        return Ok(ExitCode::SUCCESS);
+    }
     super::warn_secret_flag(&settings.remote);
     super::resolve_credentials(&mut settings.remote).await?;
     let shutdown = CancellationToken::new();

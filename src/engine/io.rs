@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use super::EngineError;
 use crate::checksum::Blake3;
+use crate::filemeta::FileMeta;
 use crate::snapshot::FileSnapshot;
 
 /// How paths are resolved to files (see the module docs).
@@ -142,6 +143,23 @@ pub(super) async fn fstat(path: &Path, file: &Arc<File>) -> Result<FileSnapshot,
     let file = file.clone();
     let owned = path.to_path_buf();
     blocking(path, move || FileSnapshot::of_file(&file).map_err(|e| open_err(&owned, e))).await
+}
+
+/// The metadata objects carry ([`FileMeta`]), from one `fstat` of the descriptor, if the file still has
+/// `snapshot`: chmod and chown move ctime, so an equal snapshot proves the mode and owner are the ones the
+/// snapshot's bytes were read under. `None` when the file changed.
+pub(super) async fn file_meta(
+    path: &Path,
+    file: &Arc<File>,
+    snapshot: FileSnapshot,
+) -> Result<Option<FileMeta>, EngineError> {
+    let file = file.clone();
+    let owned = path.to_path_buf();
+    blocking(path, move || {
+        let m = file.metadata().map_err(|e| open_err(&owned, e))?;
+        Ok((FileSnapshot::from_metadata(&m) == snapshot).then(|| FileMeta::of(&m)))
+    })
+    .await
 }
 
 /// Wait until the file's snapshot is no longer racy (see `FileSnapshot::is_racy`), so that equality of

@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::checksum::Blake3;
+use crate::filemeta::FileMeta;
 use crate::remote::{Body, ObjectOptions, Remote, RemoteError};
 use crate::snapshot::{FileSnapshot, RACY_WINDOW};
 use crate::state::{Claim, StateDb, StateError, SyncedFile, UploadRowId};
@@ -76,6 +77,9 @@ pub struct EngineConfig {
     /// symbolic link in *any* component (the agent's watched root), so a directory replaced by a link can
     /// never make the engine read a file from outside the tree.
     pub confine_to: Option<PathBuf>,
+    /// Give every object the file's mtime and mode (and uid/gid as root) as user metadata, from the same
+    /// `fstat` as the snapshot its bytes were read under (see [`crate::filemeta`]).
+    pub file_metadata: bool,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +94,7 @@ impl Default for EngineConfig {
             global_parts_in_flight: None,
             follow_symlinks: true,
             confine_to: None,
+            file_metadata: true,
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct UploadOutcome {
     pub passes: u32,
     /// The upload callback's outcome, when the upload asked for one (OSS).
     pub callback: Option<crate::remote::CallbackOutcome>,
+    /// The file metadata the object carries, when known (see [`EngineConfig::file_metadata`]).
+    pub object_meta: Option<FileMeta>,
 }
 
 /// Where an upload stands, for progress bars and `status`.
@@ -393,8 +400,18 @@ impl Engine {
                 continue;
             };
             EngineStats::add(&inner.stats.bytes_hashed, data.len() as u64);
+            // The metadata of the snapshot the bytes were read under (unchanged: else read again).
+            let meta = if inner.config.file_metadata {
+                match io::file_meta(&spec.path, &opened.file, snapshot).await? {
+                    Some(meta) => Some(meta),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let options = with_file_meta(&spec.options, meta);
             let sent = data.len() as u64;
-            let put = inner.remote.put_object(&spec.bucket, &spec.key, Body::Bytes(data), &spec.options).await;
+            let put = inner.remote.put_object(&spec.bucket, &spec.key, Body::Bytes(data), &options).await;
             let put = put.map_err(|source| EngineError::Remote { key: spec.key.clone(), source })?;
             EngineStats::add(&inner.stats.puts, 1);
             EngineStats::add(&inner.stats.bytes_sent, sent);
@@ -416,6 +433,7 @@ impl Engine {
                 bytes_sent: sent_total,
                 passes: pass,
                 callback: put.callback.clone(),
+                object_meta: meta,
             };
             // Recorded whatever became of the file since: the index must know every object it wrote. The row
             // binds the object to `snapshot`, which a file changed since no longer has (so it is uploaded
@@ -490,7 +508,19 @@ fn synced_record(spec: &UploadSpec, outcome: &UploadOutcome) -> SyncedFile {
         part_size: outcome.part_size,
         part_blake3: outcome.part_blake3.clone(),
         synced_at: SystemTime::now(),
+        object_meta: outcome.object_meta.map(|m| m.encode()),
     }
+}
+
+/// `options` plus the file metadata pairs; a name the caller set itself (`cp --meta mtime=…`) is kept.
+pub fn with_file_meta(options: &ObjectOptions, meta: Option<FileMeta>) -> ObjectOptions {
+    let mut options = options.clone();
+    for (k, v) in meta.map(|m| m.pairs()).unwrap_or_default() {
+        if !options.metadata.iter().any(|(name, _)| name.eq_ignore_ascii_case(&k)) {
+            options.metadata.push((k, v));
+        }
+    }
+    options
 }
 
 /// A stable fingerprint of the options an upload was initiated with (ACL is applied at Complete and

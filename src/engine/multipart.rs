@@ -22,12 +22,13 @@ use super::io::{self, Opened};
 use super::plan::PartPlan;
 use super::{
     EngineError, EngineStats, Inner, Phase, Progress, Reporter, UploadOutcome, UploadSpec, options_fingerprint,
-    synced_record,
+    synced_record, with_file_meta,
 };
 use crate::checksum::{crc64_fold, crc64nvme_fold};
+use crate::filemeta::FileMeta;
 use crate::remote::{
     Body, CallbackOutcome, CompleteOptions, CompletedPart, ErrorKind, FileRange, RemoteError, list_all_parts,
-    list_all_uploads,
+    list_all_uploads, set_metadata,
 };
 use crate::snapshot::FileSnapshot;
 use crate::state::{Checkpoint, NewUpload, PartRecord, UploadRowId};
@@ -150,6 +151,9 @@ pub(super) struct Session {
     parts_sent: u64,
     parts_reused: u64,
     bytes_sent: u64,
+    /// The file metadata InitiateMultipartUpload carried; `None` when not known (an upload resumed from a
+    /// checkpoint of an earlier run) or not sent.
+    meta_sent: Option<FileMeta>,
 }
 
 impl Session {
@@ -270,6 +274,7 @@ impl Session {
             parts_sent: 0,
             parts_reused: 0,
             bytes_sent: 0,
+            meta_sent: None,
         })))
     }
 
@@ -314,7 +319,9 @@ impl Session {
             return Ok(None);
         }
         EngineStats::add(&inner.stats.parts_reused, u64::from(plan.count));
+        let object_meta = inner.config.file_metadata.then(|| FileMeta::from_pairs(&info.metadata)).flatten();
         let outcome = UploadOutcome {
+            object_meta,
             size: plan.size,
             crc64: crc,
             etag: info.etag,
@@ -344,9 +351,15 @@ impl Session {
         fingerprint: String,
     ) -> Result<Session, EngineError> {
         let plan = PartPlan::new(size, inner.config.part_size)?;
+        // The file may still change before Complete (another pass): `finish_metadata` puts it right then.
+        let meta_sent = if inner.config.file_metadata {
+            io::file_meta(&spec.path, &opened.file, opened.snapshot).await?
+        } else {
+            None
+        };
         let upload_id = inner
             .remote
-            .initiate_multipart(&spec.bucket, &spec.key, &spec.options)
+            .initiate_multipart(&spec.bucket, &spec.key, &with_file_meta(&spec.options, meta_sent))
             .await
             .map_err(|source| EngineError::Remote { key: spec.key.clone(), source })?;
         EngineStats::add(&inner.stats.uploads_initiated, 1);
@@ -383,6 +396,7 @@ impl Session {
             parts_sent: 0,
             parts_reused: 0,
             bytes_sent: 0,
+            meta_sent,
         })
     }
 
@@ -642,6 +656,7 @@ impl Session {
             return Err(EngineError::Integrity { key, local, server });
         }
         EngineStats::add(&self.inner.stats.uploads_completed, 1);
+        let (object_meta, etag) = self.finish_metadata(snapshot, etag, plan.size).await?;
         let outcome = UploadOutcome {
             size: plan.size,
             crc64: expected_crc,
@@ -655,11 +670,54 @@ impl Session {
             bytes_sent: self.bytes_sent,
             passes: pass,
             callback,
+            object_meta,
         };
         self.inner.state.complete(Some(self.row), &synced_record(&self.spec, &outcome))?;
         tracing::info!(path = %self.spec.path.display(), key = %self.spec.key, upload_id = %self.upload_id, size = outcome.size,
             crc64 = outcome.crc64, parts_sent = outcome.parts_sent, parts_reused = outcome.parts_reused, passes = pass, "uploaded and verified");
         Ok(Some(outcome))
+    }
+}
+
+impl Session {
+    /// The completed object must carry the metadata of the snapshot it was verified under, which differs
+    /// from what Initiate sent when the file changed between passes (or is unknown after a resume: HEAD
+    /// tells). Then it is set server-side ([`set_metadata`]). Returns what the object carries (`None`: not
+    /// known) and its ETag. A failure here is only logged: the bytes are verified and the object is valid.
+    async fn finish_metadata(
+        &self,
+        snapshot: FileSnapshot,
+        etag: String,
+        size: u64,
+    ) -> Result<(Option<FileMeta>, String), EngineError> {
+        if !self.inner.config.file_metadata {
+            return Ok((None, etag));
+        }
+        let Some(wanted) = io::file_meta(&self.spec.path, &self.opened.file, snapshot).await? else {
+            return Ok((self.meta_sent, etag));
+        };
+        let (remote, bucket, key) = (&self.inner.remote, &self.spec.bucket, &self.spec.key);
+        let carried = match self.meta_sent {
+            Some(m) => Some(m),
+            None => match remote.head_object(bucket, key).await {
+                Ok(info) => info.and_then(|i| FileMeta::from_pairs(&i.metadata)),
+                Err(_) => None,
+            },
+        };
+        if carried == Some(wanted) {
+            return Ok((carried, etag));
+        }
+        let options = with_file_meta(&self.spec.options, Some(wanted));
+        match set_metadata(&**remote, bucket, key, size, &etag, &options).await {
+            Ok(copy) => {
+                tracing::info!(%key, "the file's metadata changed during the upload: set on the object server-side");
+                Ok((Some(wanted), copy.etag))
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not set the file's metadata on the uploaded object");
+                Ok((carried, etag))
+            }
+        }
     }
 }
 

@@ -414,6 +414,31 @@ impl Remote for MemoryRemote {
         Ok(result)
     }
 
+    async fn copy_object_with(
+        &self,
+        bucket: &str,
+        source_key: &str,
+        dest_key: &str,
+        options: &CopyOptions,
+    ) -> Result<CopyResult, RemoteError> {
+        self.gate("CopyObject", bucket, dest_key, None).await?;
+        self.bucket_exists("CopyObject", bucket)?;
+        let mut w = self.world();
+        let b = w.buckets.get_mut(bucket).ok_or_else(|| service("CopyObject", 404, "NoSuchBucket", ""))?;
+        let Some(mut src) = b.get(source_key).cloned() else {
+            return Err(service("CopyObject", 404, "NoSuchKey", "The specified key does not exist."));
+        };
+        if options.source_if_match.as_deref().is_some_and(|e| e.trim_matches('"') != src.etag.trim_matches('"')) {
+            return Err(service("CopyObject", 412, "PreconditionFailed", "At least one of the pre-conditions failed."));
+        }
+        if let Some(replace) = &options.replace {
+            src.options = replace.clone();
+        }
+        let result = CopyResult { etag: src.etag.clone(), crc64: Some(src.crc64) };
+        b.insert(dest_key.to_string(), StoredObject { modified: SystemTime::now(), ..src });
+        Ok(result)
+    }
+
     async fn initiate_multipart(
         &self,
         bucket: &str,

@@ -252,6 +252,16 @@ pub struct CompleteResult {
     pub callback: Option<CallbackOutcome>,
 }
 
+/// How CopyObject treats the destination's metadata and the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// `Some`: metadata directive REPLACE, the destination gets these content headers and user metadata
+    /// instead of the source's (onto the same key, a metadata-only change). `None`: COPY keeps the source's.
+    pub replace: Option<ObjectOptions>,
+    /// Copy only while the source still has this ETag (`x-oss-copy-source-if-match`); 412 otherwise.
+    pub source_if_match: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyResult {
     pub etag: String,
@@ -319,6 +329,16 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// Server-side copy within one bucket, keeping metadata.
     async fn copy_object(&self, bucket: &str, source_key: &str, dest_key: &str) -> Result<CopyResult, RemoteError>;
 
+    /// CopyObject with a metadata directive and a source condition (see [`CopyOptions`]); sources up to
+    /// 1 GiB on OSS (larger ones: [`set_metadata`] copies part by part).
+    async fn copy_object_with(
+        &self,
+        bucket: &str,
+        source_key: &str,
+        dest_key: &str,
+        options: &CopyOptions,
+    ) -> Result<CopyResult, RemoteError>;
+
     /// Returns the new upload id. Never in OSS `sequential` mode (it forbids re-sending a part number).
     async fn initiate_multipart(&self, bucket: &str, key: &str, options: &ObjectOptions)
     -> Result<String, RemoteError>;
@@ -376,6 +396,82 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 pub(crate) fn quote_etag(etag: &str) -> String {
     let bare = etag.trim_matches('"');
     format!("\"{bare}\"")
+}
+
+/// OSS CopyObject handles sources up to 1 GiB; larger ones are copied part by part (UploadPartCopy).
+pub const MAX_COPY_OBJECT: u64 = 1 << 30;
+/// Part size for copying large objects part by part (UploadPartCopy allows up to 5 GiB).
+pub const COPY_PART: u64 = 1 << 30;
+
+/// Give the object `key` (of `size` bytes, ETag `etag`) the content headers and user metadata of `options`,
+/// server-side: CopyObject onto itself with the REPLACE directive, only while the object still has `etag`
+/// (someone else's newer object is never relabelled as ours). Above [`MAX_COPY_OBJECT`] a multipart copy
+/// onto itself initiated with `options` (the object is replaced only at Complete). Returns the new ETag;
+/// the bytes are the same, so the CRC-64 is too.
+pub async fn set_metadata(
+    remote: &dyn Remote,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    etag: &str,
+    options: &ObjectOptions,
+) -> Result<CopyResult, RemoteError> {
+    if size <= MAX_COPY_OBJECT {
+        let copy = CopyOptions { replace: Some(options.clone()), source_if_match: Some(etag.to_string()) };
+        return remote.copy_object_with(bucket, key, key, &copy).await;
+    }
+    // UploadPartCopy here takes no condition: check the ETag first (the window is one request wide).
+    match remote.head_object(bucket, key).await? {
+        Some(info) if info.etag.trim_matches('"') == etag.trim_matches('"') && info.size == size => {}
+        _ => {
+            return Err(ServiceError {
+                op: "CopyObject",
+                status: 412,
+                code: "PreconditionFailed".into(),
+                message: format!("{key} is no longer the object that was uploaded"),
+                request_id: None,
+                host_id: None,
+                ec: None,
+                server_time: None,
+            }
+            .into());
+        }
+    }
+    copy_in_parts(remote, bucket, key, key, size, options).await
+}
+
+/// Multipart copy of `source_key` (of `size` bytes) to `dest_key`, initiated with `options`; aborted on any
+/// failure (no orphaned upload).
+pub async fn copy_in_parts(
+    remote: &dyn Remote,
+    bucket: &str,
+    source_key: &str,
+    dest_key: &str,
+    size: u64,
+    options: &ObjectOptions,
+) -> Result<CopyResult, RemoteError> {
+    let upload_id = remote.initiate_multipart(bucket, dest_key, options).await?;
+    let result = async {
+        let mut parts = Vec::new();
+        let count = size.div_ceil(COPY_PART);
+        for n in 1..=count {
+            let range = ByteRange::from_offset_len((n - 1) * COPY_PART, COPY_PART.min(size - (n - 1) * COPY_PART));
+            let part =
+                remote.upload_part_copy(bucket, dest_key, &upload_id, n as u32, bucket, source_key, range).await?;
+            parts.push(CompletedPart { part_number: n as u32, etag: part.etag, ..Default::default() });
+        }
+        remote.complete_multipart(bucket, dest_key, &upload_id, &parts, &Default::default()).await
+    }
+    .await;
+    match result {
+        Ok(done) => Ok(CopyResult { etag: done.etag, crc64: done.crc64 }),
+        Err(e) => {
+            if let Err(abort) = remote.abort_multipart(bucket, dest_key, &upload_id).await {
+                tracing::warn!(key = %dest_key, %upload_id, error = %abort, "could not abort a failed multipart copy");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// More pages than any legal listing has (10,000 parts or a million uploads at 1000 per page): a server
@@ -485,6 +581,15 @@ mod pagination_tests {
         }
         async fn copy_object(&self, b: &str, s: &str, d: &str) -> Result<CopyResult, RemoteError> {
             self.0.copy_object(b, s, d).await
+        }
+        async fn copy_object_with(
+            &self,
+            b: &str,
+            s: &str,
+            d: &str,
+            o: &CopyOptions,
+        ) -> Result<CopyResult, RemoteError> {
+            self.0.copy_object_with(b, s, d, o).await
         }
         async fn initiate_multipart(&self, b: &str, k: &str, o: &ObjectOptions) -> Result<String, RemoteError> {
             self.0.initiate_multipart(b, k, o).await

@@ -192,6 +192,9 @@ pub struct SyncedFile {
     pub part_size: u64,
     pub part_blake3: Vec<Blake3>,
     pub synced_at: SystemTime,
+    /// The file metadata the object carries ([`crate::filemeta::FileMeta::encode`]); `None` when not known
+    /// (rows from before it was recorded, objects adopted without it).
+    pub object_meta: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -698,7 +701,14 @@ fn delete_upload_rows(conn: &Connection, id: UploadRowId) -> rusqlite::Result<()
 /// Read and verify a synced row selected with [`SELECT_SYNCED`]: the record, or why it is not trusted.
 fn read_synced(row: &Row<'_>, mac: &MacKey) -> rusqlite::Result<Result<SyncedFile, String>> {
     let (fields, stored) = rows::raw(row, rows::SYNCED_N)?;
-    Ok(mac.verify("synced", &fields, stored).and_then(|()| rows::decode_synced(&fields)))
+    let verified = mac.verify("synced", &fields, stored).or_else(|e| match fields.last() {
+        // A row from before object_meta (schema 1) was MAC'd over the columns it had; NULL there means
+        // "not known", which is what such a row says. A newer row always MACs the column, so setting it to
+        // NULL by an edit matches neither MAC.
+        Some(Field::Null) => mac.verify("synced", &fields[..rows::SYNCED_N - 1], stored).map_err(|_| e),
+        _ => Err(e),
+    });
+    Ok(verified.and_then(|()| rows::decode_synced(&fields)))
 }
 
 /// SQLite reports a full file system as "database or disk is full", but as a bare "disk I/O error" when it

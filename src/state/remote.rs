@@ -116,6 +116,7 @@ mod tests {
             part_size: 3,
             part_blake3: vec![[0; 32]],
             synced_at: SystemTime::now(),
+            object_meta: None,
         }
     }
 

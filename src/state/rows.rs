@@ -265,6 +265,7 @@ pub(crate) fn synced_fields<'a>(s: &'a SyncedFile, part_blake3: &'a [u8]) -> Vec
         Field::u64(s.part_size),
         Field::Blob(part_blake3),
         Field::Int(time_to_ns(s.synced_at)),
+        Field::opt_text(s.object_meta.as_deref()),
     ]);
     debug_assert_eq!(f.len(), SYNCED_N);
     f
@@ -287,6 +288,7 @@ pub(crate) fn decode_synced(fields: &[Field<'_>]) -> Result<SyncedFile, String> 
         part_size: d.u64(11)?,
         part_blake3: hashes.chunks_exact(32).filter_map(|c| Blake3::try_from(c).ok()).collect(),
         synced_at: ns_to_time(d.i64(13)?),
+        object_meta: d.opt_string(14)?,
     })
 }
 

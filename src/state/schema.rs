@@ -32,7 +32,7 @@ macro_rules! part_cols {
 macro_rules! synced_cols {
     () => {
         "bucket, key, local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev, size, crc64, \
-         etag, part_size, part_blake3, synced_at_ns"
+         etag, part_size, part_blake3, synced_at_ns, object_meta"
     };
 }
 macro_rules! status_cols {
@@ -77,7 +77,7 @@ pub(crate) const TABLES: &[(&str, Option<&str>)] = &[
     ("claims", Some(CLAIM_COLS)),
 ];
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
     //
     // u64 values (sizes, CRC-64s, inodes, devices) are stored as the i64 with the same bits; local paths are
@@ -172,6 +172,41 @@ const MIGRATIONS: &[&str] = &[
          mac           BLOB NOT NULL,
          PRIMARY KEY (bucket, key)
      ) WITHOUT ROWID;",
+    // 2: synced.object_meta, the file metadata the object carries (`FileMeta::encode`: mtime, mode, and
+    // uid/gid as root), so a touch or chmod is applied server-side exactly when the object disagrees. NULL:
+    // not known (a row written before this column): such an object is valid as it is and gets its metadata
+    // at the file's next metadata-only change.
+    //
+    // SQLite adds a column only at the end, after `mac`; the MAC'd columns must come first (see `check`), so
+    // the table is rebuilt. Old rows keep their MAC, which `state::read_synced` verifies over the columns it
+    // was made of when object_meta is NULL.
+    "CREATE TABLE synced_v2 (
+         bucket        TEXT NOT NULL,
+         key           TEXT NOT NULL,
+         local_path    BLOB NOT NULL,
+         snap_size     INTEGER NOT NULL,
+         snap_mtime_ns INTEGER NOT NULL,
+         snap_ctime_ns INTEGER NOT NULL,
+         snap_inode    INTEGER NOT NULL,
+         snap_dev      INTEGER NOT NULL,
+         size          INTEGER NOT NULL,
+         crc64         INTEGER NOT NULL,
+         etag          TEXT NOT NULL,
+         part_size     INTEGER NOT NULL,
+         part_blake3   BLOB NOT NULL,
+         synced_at_ns  INTEGER NOT NULL,
+         object_meta   TEXT,
+         mac           BLOB NOT NULL,
+         UNIQUE (bucket, key)
+     );
+     INSERT INTO synced_v2 (bucket, key, local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev,
+                            size, crc64, etag, part_size, part_blake3, synced_at_ns, object_meta, mac)
+         SELECT bucket, key, local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev,
+                size, crc64, etag, part_size, part_blake3, synced_at_ns, NULL, mac FROM synced;
+     DROP TABLE synced;
+     ALTER TABLE synced_v2 RENAME TO synced;
+     CREATE INDEX synced_by_content ON synced (size, crc64);
+     CREATE INDEX synced_by_inode ON synced (snap_dev, snap_inode);",
 ];
 
 /// Outcome of [`migrate`].

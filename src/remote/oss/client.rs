@@ -38,8 +38,8 @@ use crate::remote::retry::RetryPolicy;
 use crate::remote::throttle::Throttle;
 use crate::remote::transport::{Clock, Progress, Transport, with_retries};
 use crate::remote::{
-    Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
-    Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
+    Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyOptions, CopyPartResult,
+    CopyResult, Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
     ListUploadsPage, ListUploadsRequest, ObjectInfo, ObjectOptions, PartResult, PutResult, Remote, RemoteError,
 };
 use crate::timefmt;
@@ -916,8 +916,25 @@ impl Remote for OssClient {
     }
 
     async fn copy_object(&self, bucket: &str, source_key: &str, dest_key: &str) -> Result<CopyResult, RemoteError> {
+        self.copy_object_with(bucket, source_key, dest_key, &CopyOptions::default()).await
+    }
+
+    async fn copy_object_with(
+        &self,
+        bucket: &str,
+        source_key: &str,
+        dest_key: &str,
+        options: &CopyOptions,
+    ) -> Result<CopyResult, RemoteError> {
         check_key(source_key)?;
         let mut call = Call::new("CopyObject", Method::PUT, bucket, Some(dest_key));
+        if let Some(replace) = &options.replace {
+            call.headers = object_headers(replace, true)?;
+            call.headers.insert("x-oss-metadata-directive", HeaderValue::from_static("REPLACE"));
+        }
+        if let Some(etag) = &options.source_if_match {
+            call.headers.insert("x-oss-copy-source-if-match", header_value("ETag", etag)?);
+        }
         call.headers.insert("x-oss-copy-source", copy_source(bucket, source_key)?);
         call.read = ReadBody::Xml;
         self.execute(call, |reply| {

@@ -67,8 +67,8 @@ use crate::remote::s3::xml;
 use crate::remote::throttle::Throttle;
 use crate::remote::transport::{Clock, Progress, Transport, with_retries};
 use crate::remote::{
-    Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyPartResult, CopyResult,
-    Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
+    Body, ByteRange, Capabilities, CompleteOptions, CompleteResult, CompletedPart, CopyOptions, CopyPartResult,
+    CopyResult, Credentials, DeleteFailure, Dialect, GetResult, ListObjectsPage, ListObjectsRequest, ListPartsPage,
     ListUploadsPage, ListUploadsRequest, ObjectInfo, ObjectOptions, PartResult, PutResult, Remote, RemoteError,
     ServiceError,
 };
@@ -1197,8 +1197,27 @@ impl Remote for S3Client {
     }
 
     async fn copy_object(&self, bucket: &str, source_key: &str, dest_key: &str) -> Result<CopyResult, RemoteError> {
+        self.copy_object_with(bucket, source_key, dest_key, &CopyOptions::default()).await
+    }
+
+    async fn copy_object_with(
+        &self,
+        bucket: &str,
+        source_key: &str,
+        dest_key: &str,
+        options: &CopyOptions,
+    ) -> Result<CopyResult, RemoteError> {
         check_key(source_key)?;
         let mut call = Call::new("CopyObject", Method::PUT, bucket, Some(dest_key));
+        if let Some(replace) = &options.replace {
+            call.headers = object_headers(replace)?;
+            // If-None-Match means something else on a copy; a metadata change overwrites by design.
+            call.headers.remove(http::header::IF_NONE_MATCH);
+            call.headers.insert("x-amz-metadata-directive", HeaderValue::from_static("REPLACE"));
+        }
+        if let Some(etag) = &options.source_if_match {
+            call.headers.insert("x-amz-copy-source-if-match", header_value("ETag", etag)?);
+        }
         call.headers.insert("x-amz-copy-source", copy_source(bucket, source_key)?);
         call.read = ReadBody::Xml;
         self.execute(call, |reply| {

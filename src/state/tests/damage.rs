@@ -235,7 +235,7 @@ fn a_synced_row_copied_onto_another_key_is_detected() {
 
 /// The synced columns after bucket and key, plus mac.
 const SYNCED_REST: &str = "local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev, size, crc64, etag, \
-                           part_size, part_blake3, synced_at_ns, mac";
+                           part_size, part_blake3, synced_at_ns, object_meta, mac";
 
 #[test]
 fn same_value_with_another_type_is_detected() {
@@ -329,4 +329,16 @@ fn a_database_without_its_key_is_recovered_at_open() {
     salvaged.sort();
     assert_eq!(salvaged, ["UP-A", "UP-B"]);
     assert!(db.list_checkpoints().unwrap().is_empty());
+}
+
+#[test]
+fn object_meta_set_to_null_by_an_edit_is_detected() {
+    // NULL is what a row from before the column holds; a newer row MACs the column, so an edit to NULL
+    // matches neither its MAC nor the older encoding.
+    let f = fixture();
+    assert!(f.synced[0].object_meta.is_some());
+    f.sql("UPDATE synced SET object_meta = NULL WHERE key = 's1'");
+    assert_eq!(f.db.synced("b", "s1").unwrap(), None);
+    f.sql("UPDATE synced SET object_meta = 'mtime=1.000000000;mode=100777' WHERE key = 's2'");
+    assert_eq!(f.db.synced("b", "s2").unwrap(), None);
 }

@@ -7,6 +7,7 @@
 mod api;
 mod damage;
 mod files;
+mod migration;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -60,6 +61,7 @@ pub(super) fn synced_file(bucket: &str, key: &str, parts: u32) -> SyncedFile {
         part_size: 5 << 20,
         part_blake3: (0..parts).map(|i| crate::checksum::blake3(&[i as u8, parts as u8])).collect(),
         synced_at: UNIX_EPOCH + Duration::new(1_700_000_123, 456_789_012),
+        object_meta: Some("mtime=1700000000.000000001;mode=100644".into()),
     }
 }
 
