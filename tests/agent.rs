@@ -104,15 +104,17 @@ fn live_changes_are_mirrored() {
     std::fs::OpenOptions::new().append(true).open(root.join("a.txt")).unwrap().write_all(b", edited").unwrap();
     m.wait_mirrored(&agent);
 
-    // A touch or a chmod changes metadata, not content: the index is updated, nothing is uploaded.
+    // A touch or a chmod changes metadata, not content: the object's metadata is replaced server-side
+    // (one CopyObject each), nothing is uploaded.
     m.server.reset_stats();
-    let revalidated = "metadata changed, content did not: index updated, nothing uploaded path=a.txt";
+    let revalidated = "object metadata replaced server-side, nothing uploaded path=a.txt";
     let a = std::fs::File::options().write(true).open(root.join("a.txt")).unwrap();
     a.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
     agent.wait_log(revalidated);
     std::fs::set_permissions(root.join("a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
     wait_until("the chmod is handled", || agent.log().matches(revalidated).count() == 2, || agent.log());
     assert_eq!(uploads_in(&m.stats()), 0, "{:?}", m.stats());
+    assert_eq!(op(&m.stats(), "CopyObject").requests, 2, "{:?}", m.stats());
 
     // An editor's save: write a temporary file, rename it over the original. One upload of the final content;
     // the temporary never becomes an object (without --delete it would stay in the bucket).

@@ -331,3 +331,23 @@ fn dry_run_without_once_is_a_usage_error() {
     assert_eq!(m.stats().requests, 0);
     assert!(!m.state_db.exists(), "no state database is created");
 }
+
+#[test]
+fn a_metadata_update_never_relabels_an_object_replaced_behind_the_agents_back() {
+    let m = Mirror::new();
+    write(&m.root, "doc.txt", b"the agent's bytes");
+    run_once(m.agent());
+    // Someone else replaces the object; then the file is only touched.
+    m.bucket.put("doc.txt", b"somebody else's bytes");
+    set_mtime(&m.root.join("doc.txt"), "1300000000.3");
+    m.server.reset_stats();
+    let agent = run_once(m.agent());
+    let stats = m.stats();
+    // No copy succeeds (the remote check at start sees the other object; a copy would be conditional on the
+    // recorded ETag anyway): the file is uploaded again, with its metadata.
+    assert_eq!(op(&stats, "CopyObject").statuses.get("200"), None, "{stats:?}\n{}", agent.log());
+    assert_eq!(op(&stats, "PutObject").requests, 1, "{stats:?}");
+    let object = inspect(&m, "doc.txt");
+    assert_eq!(object["sha256"], sha256(b"the agent's bytes"));
+    assert_eq!(meta_of(&object), expected_meta(&m.root.join("doc.txt")));
+}

@@ -682,3 +682,67 @@ async fn a_small_file_that_grows_goes_multipart() {
     assert_eq!(bed.remote.count("InitiateMultipartUpload"), 1, "the grown file went multipart");
     assert_eq!(out.part_blake3.len(), 4);
 }
+
+/// The file metadata the object `obj` carries, as HEAD reports it.
+async fn carried(bed: &Bed) -> Option<crate::filemeta::FileMeta> {
+    let info = bed.remote.head_object("bkt", "obj").await.unwrap().expect("the object");
+    crate::filemeta::FileMeta::from_pairs(&info.metadata)
+}
+
+fn meta_of(path: &Path) -> crate::filemeta::FileMeta {
+    crate::filemeta::FileMeta::of(&std::fs::metadata(path).unwrap())
+}
+
+#[tokio::test]
+async fn a_chmod_during_a_multipart_upload_ends_up_on_the_object() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = Bed::new(MemoryRemote::new()).await;
+    let content = data((PART * 4) as usize, 31);
+    let path = bed.file("big", &content);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let target = path.clone();
+    // Initiate carries 0644; while part 3 is requested the file becomes 0600 (same bytes: ctime moves).
+    let seen = AtomicU32::new(0);
+    bed.remote.set_hook(move |r: &RequestInfo| {
+        if r.op == "UploadPart" && seen.fetch_add(1, Ordering::SeqCst) == 2 {
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        HookAction::Proceed
+    });
+    let engine = bed.engine(config());
+    let out = upload(&engine, &bed.spec(&path)).await.unwrap();
+    assert_eq!(bed.object(), content);
+    assert_eq!(bed.remote.count("InitiateMultipartUpload"), 1);
+    assert_eq!(bed.remote.count("CopyObject"), 1, "the metadata is set once, server-side, after Complete");
+    let now = meta_of(&path);
+    assert_eq!(now.mode, 0o100600);
+    assert_eq!(carried(&bed).await, Some(now));
+    assert_eq!(out.object_meta, Some(now));
+    let row = bed.state.synced("bkt", "obj").unwrap().unwrap();
+    assert_eq!(row.object_meta, Some(now.encode()));
+    assert_eq!(row.etag, out.etag);
+}
+
+#[tokio::test]
+async fn a_resumed_upload_learns_what_its_object_carries() {
+    let bed = Bed::new(MemoryRemote::new()).await;
+    let content = data((PART * 4) as usize, 32);
+    let path = bed.file("big", &content);
+    let spec = bed.spec(&path);
+    run_until_crash(&bed.engine(config()), &spec, crash_at_part(&bed.remote, 3)).await;
+    bed.remote.clear_hook();
+    let out = upload(&bed.engine(config()), &spec).await.unwrap();
+    assert!(out.resumed);
+    // Initiate (by the first run) carried this file's metadata: HEAD says so, no copy is needed.
+    assert_eq!(bed.remote.count("CopyObject"), 0);
+    assert_eq!(out.object_meta, Some(meta_of(&path)));
+    assert_eq!(carried(&bed).await, Some(meta_of(&path)));
+
+    // Without file metadata nothing is sent or recorded.
+    let engine = bed.engine(EngineConfig { file_metadata: false, ..config() });
+    std::fs::write(&path, data(100, 33)).unwrap();
+    let out = upload(&engine, &spec).await.unwrap();
+    assert_eq!(out.object_meta, None);
+    assert_eq!(carried(&bed).await, None);
+    assert_eq!(bed.state.synced("bkt", "obj").unwrap().unwrap().object_meta, None);
+}

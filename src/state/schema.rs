@@ -175,38 +175,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 2: synced.object_meta, the file metadata the object carries (`FileMeta::encode`: mtime, mode, and
     // uid/gid as root), so a touch or chmod is applied server-side exactly when the object disagrees. NULL:
     // not known (a row written before this column): such an object is valid as it is and gets its metadata
-    // at the file's next metadata-only change.
-    //
-    // SQLite adds a column only at the end, after `mac`; the MAC'd columns must come first (see `check`), so
-    // the table is rebuilt. Old rows keep their MAC, which `state::read_synced` verifies over the columns it
+    // at the file's next metadata-only change. SQLite appends the column after `mac` (`check` compares the
+    // columns as a set); old rows keep their MAC, which `state::read_synced` verifies over the columns it
     // was made of when object_meta is NULL.
-    "CREATE TABLE synced_v2 (
-         bucket        TEXT NOT NULL,
-         key           TEXT NOT NULL,
-         local_path    BLOB NOT NULL,
-         snap_size     INTEGER NOT NULL,
-         snap_mtime_ns INTEGER NOT NULL,
-         snap_ctime_ns INTEGER NOT NULL,
-         snap_inode    INTEGER NOT NULL,
-         snap_dev      INTEGER NOT NULL,
-         size          INTEGER NOT NULL,
-         crc64         INTEGER NOT NULL,
-         etag          TEXT NOT NULL,
-         part_size     INTEGER NOT NULL,
-         part_blake3   BLOB NOT NULL,
-         synced_at_ns  INTEGER NOT NULL,
-         object_meta   TEXT,
-         mac           BLOB NOT NULL,
-         UNIQUE (bucket, key)
-     );
-     INSERT INTO synced_v2 (bucket, key, local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev,
-                            size, crc64, etag, part_size, part_blake3, synced_at_ns, object_meta, mac)
-         SELECT bucket, key, local_path, snap_size, snap_mtime_ns, snap_ctime_ns, snap_inode, snap_dev,
-                size, crc64, etag, part_size, part_blake3, synced_at_ns, NULL, mac FROM synced;
-     DROP TABLE synced;
-     ALTER TABLE synced_v2 RENAME TO synced;
-     CREATE INDEX synced_by_content ON synced (size, crc64);
-     CREATE INDEX synced_by_inode ON synced (snap_dev, snap_inode);",
+    "ALTER TABLE synced ADD COLUMN object_meta TEXT;",
 ];
 
 /// Outcome of [`migrate`].
@@ -244,10 +216,13 @@ pub(crate) fn check(conn: &Connection) -> rusqlite::Result<Result<super::mac::Ma
         while let Some(row) = rows.next()? {
             found.push(row.get::<_, String>(0)?);
         }
-        let expected: Vec<&str> = match cols {
+        let mut expected: Vec<&str> = match cols {
             Some(cols) => cols.split(", ").chain(["mac"]).collect(),
             None => vec!["name", "value"],
         };
+        // As sets: a migration can only append a column (after `mac`); every statement names its columns.
+        found.sort();
+        expected.sort();
         if found.is_empty() {
             return Ok(Err(format!("table {table} is missing")));
         }
