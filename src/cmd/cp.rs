@@ -220,7 +220,11 @@ async fn download(args: CpArgs, source: String) -> anyhow::Result<ExitCode> {
             dry_run: false,
             fast: false,
         };
-        let restorer = Restorer::new(downloader, &destination, options).map_err(|e| UsageError(e.to_string()))?;
+        let dest = destination.clone();
+        let restorer = tokio::task::spawn_blocking(move || Restorer::new(downloader, &dest, options))
+            .await
+            .context("preparing the target directory")?
+            .map_err(|e| UsageError(e.to_string()))?;
         let outcome = restorer.run(&|e: &Event| super::restore::print_event(e, false)).await;
         connected.shutdown().await;
         let summary = outcome?;
@@ -231,7 +235,10 @@ async fn download(args: CpArgs, source: String) -> anyhow::Result<ExitCode> {
     let name = key.rsplit('/').next().unwrap_or(&key).to_string();
     let path =
         if args.destination.ends_with('/') || destination.is_dir() { destination.join(&name) } else { destination };
-    let target = Target::from_path(&path)
+    let target_path = path.clone();
+    let target = tokio::task::spawn_blocking(move || Target::from_path(&target_path))
+        .await
+        .context("opening the target directory")?
         .map_err(|e| UsageError(format!("cannot download to {}: {e} (its directory must exist)", path.display())))?;
     let progress = Arc::new(DownloadProgress::default());
     let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| spawn_download_bar(progress.clone()));

@@ -116,7 +116,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         fast: args.fast,
     };
-    let restorer = Restorer::new(downloader, &args.to, options).map_err(|e| UsageError(e.to_string()))?;
+    let to = args.to.clone();
+    let restorer = tokio::task::spawn_blocking(move || Restorer::new(downloader, &to, options))
+        .await
+        .context("preparing the target directory")?
+        .map_err(|e| UsageError(e.to_string()))?;
     let json = args.json;
     let outcome = restorer.run(&move |e: &Event| print_event(e, json)).await;
     connected.shutdown().await;

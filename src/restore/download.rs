@@ -226,6 +226,66 @@ impl Downloader {
         format!("{}://{bucket}/{key}", self.scheme)
     }
 
+    /// Download an object a listing said is at most one range long with a single GET and no HEAD (a restore
+    /// of many small files would otherwise pay two requests per file). The GET's own headers give the
+    /// checksum and metadata; a single request needs no If-Match. Larger objects take [`Self::download`].
+    pub async fn download_small(
+        &self,
+        bucket: &str,
+        key: &str,
+        target: &Target,
+        listed_size: u64,
+    ) -> Result<Outcome, DownloadError> {
+        if listed_size > self.config.part_size {
+            return self.download(bucket, key, target, None, None).await;
+        }
+        let object = self.object_name(bucket, key);
+        let path = escape_path(&target.path());
+        let got = self.remote.get_object(bucket, key, None).await.map_err(|e| match classify(e, &object, &path) {
+            DownloadError::Deleted { object, .. } => DownloadError::NotFound { object },
+            other => other,
+        })?;
+        let mut info = got.info;
+        info.size = got.body.len() as u64;
+        if needs_restore(info.storage_class.as_deref()) {
+            return Err(DownloadError::NeedsRestore { object, class: info.storage_class.clone().unwrap_or_default() });
+        }
+        let size = info.size;
+        let want_nvme = info.crc64.is_none() && info.crc64nvme.is_some();
+        let body = got.body;
+        let (dir, name, p) = (target.dir.clone(), target.name.clone(), path.clone());
+        let (temp, temp_name, piece) = blocking(move || -> Result<(File, OsString, Piece), DownloadError> {
+            let (fd, temp_name) =
+                create_temp(&dir, &name).map_err(|e| io_error("creating a file beside", &p, e, size))?;
+            let file = File::from(fd);
+            if let Err(e) = file.write_all_at(&body, 0) {
+                let _ = unlinkat(&dir, &temp_name);
+                return Err(io_error("writing", &p, e, size));
+            }
+            Ok((file, temp_name, Piece { crc64: crc64(&body), nvme: want_nvme.then(|| crc64nvme(&body)) }))
+        })
+        .await??;
+        let temp = Arc::new(temp);
+        let pieces: BTreeMap<u64, Piece> = if size == 0 { BTreeMap::new() } else { BTreeMap::from([(0, piece)]) };
+        let part_size = self.config.part_size.max(size);
+        match self.finish(&object, target, &info, &temp, &temp_name, &pieces, part_size).await {
+            Ok((crc64, verified)) => Ok(Outcome {
+                size,
+                crc64,
+                etag: info.etag.clone(),
+                verified,
+                ranges_fetched: pieces.len() as u64,
+                ranges_reused: 0,
+                restarted: false,
+            }),
+            Err(e) => {
+                let (dir, name) = (target.dir.clone(), temp_name.clone());
+                let _ = blocking(move || unlinkat(&dir, &name)).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Download `bucket/key` onto `target`. `head` may carry a HEAD answer the caller already has.
     pub async fn download(
         &self,

@@ -260,6 +260,31 @@ impl Restorer {
             Ok(Err(e)) => return Event::new("failed", key, Some(&path)).detail(parent_error(&parent, &e)),
             Err(e) => return Event::new("failed", key, Some(&path)).detail(e.to_string()),
         };
+        // Nothing there (the usual case of a restore): no HEAD, one GET for a small object.
+        let present = match &dir {
+            None => false,
+            Some(dir) => {
+                let (dir, name) = (dir.clone(), name.clone());
+                match tokio::task::spawn_blocking(move || exists(&dir, &name)).await {
+                    Ok(Ok(present)) => present,
+                    Ok(Err(e)) => {
+                        return Event::new("failed", key, Some(&path))
+                            .detail(format!("looking at the local file: {e}"));
+                    }
+                    Err(e) => return Event::new("failed", key, Some(&path)).detail(e.to_string()),
+                }
+            }
+        };
+        if !present {
+            if o.dry_run {
+                return Event::new("would_download", key, Some(&path)).size(object.size);
+            }
+            if let Some(dir) = dir.clone() {
+                let target = Target { dir, dir_path: self.root_path.join(&parent), name: name.clone() };
+                let result = self.downloader.download_small(&o.bucket, key, &target, object.size).await;
+                return self.downloaded(key, &path, result);
+            }
+        }
         let head = match self.downloader.remote().head_object(&o.bucket, key).await {
             Ok(Some(h)) => h,
             Ok(None) => return Event::new("failed", key, Some(&path)).detail("deleted before it could be restored"),
@@ -297,11 +322,16 @@ impl Restorer {
             return Event::new("failed", key, Some(&path)).detail("its directory could not be created");
         };
         let target = Target { dir, dir_path: self.root_path.join(&parent), name };
-        match self.downloader.download(&o.bucket, key, &target, Some(head), None).await {
+        let result = self.downloader.download(&o.bucket, key, &target, Some(head), None).await;
+        self.downloaded(key, &path, result)
+    }
+
+    fn downloaded(&self, key: &str, path: &Path, result: Result<download::Outcome, DownloadError>) -> Event {
+        let path = Some(path);
+        match result {
             Ok(out) => {
-                let mut e =
-                    Event::new(if out.verified.is_verified() { "downloaded" } else { "unverified" }, key, Some(&path))
-                        .size(out.size);
+                let mut e = Event::new(if out.verified.is_verified() { "downloaded" } else { "unverified" }, key, path)
+                    .size(out.size);
                 e.verified = Some(out.verified);
                 e.ranges_reused = (out.ranges_reused > 0).then_some(out.ranges_reused);
                 if out.restarted {
@@ -309,10 +339,19 @@ impl Restorer {
                 }
                 e
             }
-            Err(DownloadError::NeedsRestore { class, .. }) => Event::new("needs_restore", key, Some(&path))
+            Err(DownloadError::NeedsRestore { class, .. }) => Event::new("needs_restore", key, path)
                 .detail(format!("in the {class} storage class: run RestoreObject on it first, then restore again")),
-            Err(e) => Event::new("failed", key, Some(&path)).detail(e.to_string()),
+            Err(e) => Event::new("failed", key, path).detail(e.to_string()),
         }
+    }
+}
+
+/// Whether anything (a file, a directory, a symlink: not followed) is at `name` in `dir`.
+fn exists(dir: &OwnedFd, name: &OsStr) -> io::Result<bool> {
+    match openat(dir, name, libc::O_PATH, 0) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
